@@ -1,0 +1,1 @@
+//! Shared helpers for Sluice's benchmarks: workload data that every bench builds alike.

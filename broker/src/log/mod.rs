@@ -1,0 +1,1 @@
+//! A partition's segmented, memory-mapped log.
