@@ -531,11 +531,13 @@ impl Segment {
     }
 
     /// Position of the first frame above `keep_through`, and the tail just before it.
-    fn cut_point(
-        &mut self,
-        keep_through: Option<u64>,
-        prev: Tail,
-    ) -> Result<(u64, Tail), LogError> {
+    /// The tail right after the frame with Raft index `through` (which this segment
+    /// must hold, or precede).
+    pub fn tail_after(&self, through: u64, prev: Tail) -> Result<Tail, LogError> {
+        Ok(self.cut_point(Some(through), prev)?.1)
+    }
+
+    fn cut_point(&self, keep_through: Option<u64>, prev: Tail) -> Result<(u64, Tail), LogError> {
         let fresh = Tail::new(self.base_offset, prev.last_id);
         let Some(keep_through) = keep_through else {
             return Ok((0, fresh));

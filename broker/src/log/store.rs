@@ -340,6 +340,47 @@ impl Log {
         Ok(())
     }
 
+    /// The offset the next data entry got after the entry with Raft index `index`,
+    /// i.e. the high watermark once that entry is committed. An index before the log's
+    /// first entry gives the log start offset; one past the last, the log end.
+    pub fn next_offset_after(&self, index: u64) -> Result<u64, LogError> {
+        let inner = self.lock();
+        let pos = inner
+            .segments
+            .partition_point(|s| s.first_id().is_none_or(|id| id.index <= index));
+        if pos == 0 {
+            return Ok(inner.segments[0].base_offset());
+        }
+        let prev = match pos.checked_sub(2) {
+            Some(i) => inner.segments[i].tail(),
+            None => Tail::new(inner.segments[0].base_offset(), None),
+        };
+        Ok(inner.segments[pos - 1].tail_after(index, prev)?.next_offset)
+    }
+
+    /// Throws the whole log away and starts it afresh after `last`, with the next data
+    /// entry at `next_offset`: how a follower takes a snapshot from a leader whose log
+    /// no longer holds what the follower misses. Durable on return.
+    pub fn reset(&self, next_offset: u64, last: Option<EntryId>) -> Result<(), LogError> {
+        let mut inner = self.lock();
+        // Old segments go first. A crash before the new one exists leaves an empty
+        // directory; the Raft layer, which persisted the snapshot, resets again.
+        for seg in inner.segments.drain(..) {
+            seg.delete()?;
+        }
+        let fresh = Segment::create(
+            &self.dir,
+            Tail::new(next_offset, last),
+            self.config.segment_bytes,
+            self.config.index_interval_bytes,
+        )?;
+        inner.segments.push(fresh);
+        sync_dir(&self.dir)?;
+        let written = inner.written;
+        self.commit.mark_durable(written);
+        Ok(())
+    }
+
     /// Deletes whole segments whose entries all have Raft indexes at or below
     /// `through`, never the active segment (openraft's purge).
     pub fn purge_through(&self, through: u64) -> Result<usize, LogError> {

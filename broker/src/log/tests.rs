@@ -570,3 +570,50 @@ async fn concurrent_appenders_share_fsyncs_and_all_become_durable() {
     let log = Log::open(dir.path(), small_config()).expect("reopen");
     assert_eq!(log.next_offset(), 320);
 }
+
+#[test]
+fn next_offset_after_gives_the_offset_following_each_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small_config()).expect("open");
+    fill(&log, 60, 3, 300);
+    for index in [1u64, 2, 17, 40, 59, 60] {
+        assert_eq!(
+            log.next_offset_after(index).expect("lookup"),
+            index * 3,
+            "index {index}"
+        );
+    }
+    assert_eq!(log.next_offset_after(0).expect("before"), 0);
+    assert_eq!(log.next_offset_after(1000).expect("after"), 180);
+}
+
+#[test]
+fn reset_starts_an_empty_log_at_the_given_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), small_config()).expect("open");
+    fill(&log, 60, 3, 300);
+    let last = EntryId {
+        term: 4,
+        index: 500,
+    };
+    log.reset(9000, Some(last)).expect("reset");
+    assert_eq!(
+        (log.start_offset(), log.next_offset(), log.last_id()),
+        (9000, 9000, Some(last))
+    );
+    let b = batch(2, 0, 10);
+    let a = log
+        .append(&[NewEntry {
+            id: EntryId {
+                term: 4,
+                index: 501,
+            },
+            ..data(501, &b)
+        }])
+        .expect("append after reset");
+    assert_eq!(a.first_offset, 9000);
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).expect("reopen");
+    assert_eq!((log.start_offset(), log.next_offset()), (9000, 9002));
+    assert_eq!(log.segment_base_offsets(), vec![9000]);
+}
