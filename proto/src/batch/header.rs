@@ -1,4 +1,5 @@
-//! The fixed 61-byte batch header: field positions, parsing and in-place stamping.
+//! The fixed 61-byte batch header: field positions, attribute bits, parsing, the
+//! CRC-32C over the checksummed range, and in-place stamping.
 //!
 //! This module knows byte positions only; it never looks at records. The log uses it
 //! to stamp offsets and to index batches without decoding them.
@@ -37,6 +38,26 @@ pub const HEADER_LEN: usize = 61;
 pub const LOG_OVERHEAD: usize = 12;
 /// RecordBatch v2.
 pub const MAGIC: u8 = 2;
+
+/// `attributes` bits 0-2: the compression codec (see `Compression`).
+pub const COMPRESSION_MASK: i16 = 0x07;
+/// `attributes` bit 3: timestamps are log-append time (set by the broker), not create time.
+pub const LOG_APPEND_TIME_FLAG: i16 = 0x08;
+/// `attributes` bit 4: the batch is part of a transaction.
+pub const TRANSACTIONAL_FLAG: i16 = 0x10;
+/// `attributes` bit 5: the batch is a control batch (transaction markers).
+pub const CONTROL_FLAG: i16 = 0x20;
+/// `producerId`, `producerEpoch`, `baseSequence` value meaning "no idempotent producer".
+pub const NO_PRODUCER_ID: i64 = -1;
+/// Timestamp value meaning "no timestamp" (base/max timestamp of an empty batch).
+pub const NO_TIMESTAMP: i64 = -1;
+
+/// CRC-32C of a batch's checksummed range: from [`ATTRIBUTES`] to the end of `batch`.
+/// Returns the CRC of the empty range if `batch` is shorter than the header start of
+/// that range; callers check lengths first.
+pub fn checksum(batch: &[u8]) -> u32 {
+    crc32c::crc32c(batch.get(ATTRIBUTES..).unwrap_or(&[]))
+}
 
 /// Why a batch header cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
