@@ -1,13 +1,6 @@
-//! `sluice`, the admin CLI.
+//! `sluice`, the admin CLI. Everything lives in the library (`sluice_tools`), so
+//! tests can run the same code.
 
-use clap::Parser;
-
-/// Sluice admin CLI.
-#[derive(Parser)]
-#[command(name = "sluice", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> std::process::ExitCode {
+    sluice_tools::run()
 }
