@@ -1,1 +1,147 @@
 //! Helpers for integration tests that start real broker processes.
+//!
+//! [`BrokerProcess`] runs the real broker program (the `test-broker` binary of this
+//! crate is `sluice-broker`'s `main`, built here so tests can find it) on 127.0.0.1
+//! with a temporary data directory, and kills it when dropped, even when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a broker may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A broker process owned by a test.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    program: PathBuf,
+    pub node_id: u64,
+    /// `host:port` clients use.
+    pub addr: String,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts a single-node broker on a free port with its data in `data_dir`.
+    pub fn start(program: impl Into<PathBuf>, data_dir: &Path) -> Self {
+        Self::start_with(program, data_dir, 1, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a broker with explicit node id, listen address and extra flags.
+    pub fn start_with(
+        program: impl Into<PathBuf>,
+        data_dir: &Path,
+        node_id: u64,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> Self {
+        let mut broker = Self {
+            child: None,
+            program: program.into(),
+            node_id,
+            addr: listen.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("open broker log file");
+        let mut child = Command::new(&self.program)
+            .arg("--node-id")
+            .arg(self.node_id.to_string())
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start broker process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("sluice-broker listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
+                    .unwrap_or_default();
+                self.kill();
+                panic!(
+                    "broker {} did not start within {START_TIMEOUT:?}; its log:\n{log}",
+                    self.node_id
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush; what was acknowledged must survive.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The broker's log output so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago, for brokers that must know peers' addresses.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -1,0 +1,242 @@
+//! Broker settings: command-line flags, `SLUICE_*` environment variables and an
+//! optional TOML file, in that order of precedence, over built-in defaults.
+//!
+//! With no settings at all a broker is node 1, listens on 127.0.0.1:9700, keeps its
+//! data under `./data` and forms a cluster of one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid --peers entry '{0}': expected ID=HOST:PORT, e.g. 1=127.0.0.1:9700")]
+    Peer(String),
+    #[error("--peers lists brokers {peers:?} but not this broker's --node-id {node_id}")]
+    SelfNotInPeers { node_id: u64, peers: Vec<u64> },
+    #[error("node id 0 is reserved; use 1 or more")]
+    ZeroNodeId,
+    #[error("invalid {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+}
+
+/// Command-line flags; each may also come from its `SLUICE_*` variable.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "sluice-broker", version, about = "The Sluice message broker")]
+pub struct BrokerArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This broker's id, unique in the cluster (default 1).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address to serve clients and peers on (default 127.0.0.1:9700; port 0 picks one).
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other brokers and clients use to reach this one (default: --listen).
+    #[arg(long, env = "SLUICE_ADVERTISED_ADDR")]
+    pub advertised_addr: Option<String>,
+    /// Directory for all data (default ./data).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The controller brokers, as ID=HOST:PORT,... (default: this broker alone).
+    #[arg(long, env = "SLUICE_PEERS")]
+    pub peers: Option<String>,
+    /// Replication factor of topics created without one (default 1, capped by brokers).
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<SocketAddr>,
+    advertised_addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    peers: Option<String>,
+    default_replication_factor: Option<u32>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    /// `None` until known: defaults to the bound address once listening.
+    pub advertised_addr: Option<String>,
+    pub data_dir: PathBuf,
+    /// Controller members: id → address. Empty means "this broker alone".
+    pub peers: BTreeMap<u64, String>,
+    pub default_replication_factor: u32,
+}
+
+impl BrokerConfig {
+    pub fn from_args(args: BrokerArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            return Err(ConfigError::ZeroNodeId);
+        }
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                what: "default listen address",
+                value: DEFAULT_LISTEN.into(),
+            })?,
+        };
+        let peers = match args.peers.or(file.peers) {
+            Some(spec) => parse_peers(&spec)?,
+            None => BTreeMap::new(),
+        };
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            return Err(ConfigError::SelfNotInPeers {
+                node_id,
+                peers: peers.keys().copied().collect(),
+            });
+        }
+        let default_replication_factor = args
+            .default_replication_factor
+            .or(file.default_replication_factor)
+            .unwrap_or(1);
+        if default_replication_factor == 0 {
+            return Err(ConfigError::Invalid {
+                what: "default replication factor",
+                value: "0".into(),
+            });
+        }
+        let advertised_addr = args
+            .advertised_addr
+            .or(file.advertised_addr)
+            .or_else(|| peers.get(&node_id).cloned());
+        Ok(Self {
+            node_id,
+            listen,
+            advertised_addr,
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            peers,
+            default_replication_factor,
+        })
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Peer(part.to_string()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Peer(part.to_string()))?;
+        let addr = addr.trim();
+        if id == 0
+            || addr
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(ConfigError::Peer(part.to_string()));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError::Peer(part.to_string()));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_settings_give_a_single_node_broker_under_data() {
+        let c = BrokerConfig::from_args(BrokerArgs::default()).expect("defaults");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\ndata_dir = \"/var/sluice\"\npeers = \"1=a:1,2=b:2\"\n",
+        )
+        .expect("write");
+        let args = BrokerArgs::try_parse_from([
+            "sluice-broker",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .expect("args");
+        let c = BrokerConfig::from_args(args).expect("config");
+        assert_eq!((c.node_id, c.data_dir), (2, PathBuf::from("/tmp/x")));
+        assert_eq!(c.advertised_addr.as_deref(), Some("b:2"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        assert!(parse_peers("1=a").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        let args = BrokerArgs {
+            node_id: Some(3),
+            peers: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            BrokerConfig::from_args(args),
+            Err(ConfigError::SelfNotInPeers { .. })
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "nodeid = 2\n").expect("write");
+        let args = BrokerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(matches!(
+            BrokerConfig::from_args(args),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! The controller: Raft group 0, whose log holds metadata commands as records.
+//!
+//! Proposals are validated against the committed state first and serialized on this
+//! broker, so a proposal that returns `Ok` has been committed *and* applied. Committed
+//! commands reach the state through the replica's apply hook, in log order; at start
+//! the controller also replays its own log up to the high watermark, because the
+//! state is kept in memory only. Both paths skip what was applied already, by offset.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::batch::{Batch, BatchBuilder, Compression};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::state::{BrokerInfo, MetadataCommand, MetadataError, MetadataState};
+use crate::log::{LogConfig, RetentionPolicy, now_ms};
+use crate::raft::{
+    Acks, BasicNode, GroupRegistry, Network, RaftTuning, Replica, ReplicaError, ReplicaSpec,
+};
+
+/// The controller's Raft group id.
+pub const CONTROLLER_GROUP: u64 = 0;
+
+#[derive(Debug, Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Invalid(#[from] MetadataError),
+    #[error("this broker is not the controller{}", leader_hint(.leader))]
+    NotController { leader: Option<(u64, String)> },
+    #[error("controller replication failed: {0}")]
+    Replica(ReplicaError),
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("; the controller is broker {id} at {addr}"),
+        None => "; no controller is elected yet, retry shortly".into(),
+    }
+}
+
+impl From<ReplicaError> for ControllerError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::NotLeader { leader } => Self::NotController { leader },
+            other => Self::Replica(other),
+        }
+    }
+}
+
+/// Metadata as applied so far, and the offset after the last applied record.
+struct Applied {
+    state: MetadataState,
+    next_offset: u64,
+}
+
+pub struct Controller {
+    replica: Replica,
+    published: watch::Receiver<Arc<MetadataState>>,
+    propose_lock: tokio::sync::Mutex<()>,
+}
+
+impl Controller {
+    /// Starts (or recovers) the controller replica in `dir` with `brokers` as voters.
+    pub async fn start(
+        node_id: u64,
+        dir: &Path,
+        brokers: Vec<BrokerInfo>,
+        registry: &GroupRegistry,
+        network: &Network,
+        tuning: RaftTuning,
+    ) -> Result<Self, ControllerError> {
+        let initial = MetadataState::new(brokers.clone());
+        let (publish, published) = watch::channel(Arc::new(initial.clone()));
+        let publish = Arc::new(publish);
+        let applied = Arc::new(Mutex::new(Applied {
+            state: initial,
+            next_offset: 0,
+        }));
+        let hook = {
+            let (applied, publish) = (applied.clone(), publish.clone());
+            Arc::new(move |base_offset: u64, batch: &Bytes| {
+                apply_batch(&applied, &publish, base_offset, batch);
+            })
+        };
+        let members: BTreeMap<u64, BasicNode> = brokers
+            .iter()
+            .map(|b| (b.id, BasicNode::new(b.addr.clone())))
+            .collect();
+        let spec = ReplicaSpec::new(CONTROLLER_GROUP, node_id, dir, members)
+            .log_config(controller_log_config())
+            .hook(hook)
+            .tuning(tuning);
+        let replica = Replica::start(spec, registry, network).await?;
+        // Replay what was committed before this start; the hook takes it from there.
+        let hw = replica.high_watermark();
+        let mut offset = replica.log().start_offset();
+        while offset < hw {
+            let read = replica
+                .log()
+                .read(offset, 1 << 20, hw)
+                .map_err(|e| ControllerError::Replica(ReplicaError::Storage(Arc::new(e))))?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                let base = sluice_proto::batch::BatchHeader::parse(batch)
+                    .map(|h| h.base_offset as u64)
+                    .unwrap_or(offset);
+                apply_batch(&applied, &publish, base, batch);
+            }
+            offset = read.next_offset;
+        }
+        Ok(Self {
+            replica,
+            published,
+            propose_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The latest applied metadata.
+    pub fn state(&self) -> Arc<MetadataState> {
+        self.published.borrow().clone()
+    }
+
+    /// Notified on every change of the applied metadata.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataState>> {
+        self.published.clone()
+    }
+
+    /// The elected controller, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.replica.leader()
+    }
+
+    /// Waits until a controller is elected (any broker), up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
+        self.replica.wait_for_leader(timeout).await.is_ok()
+    }
+
+    /// Validates, commits and applies `cmd`. Only the controller leader accepts.
+    pub async fn propose(&self, cmd: MetadataCommand) -> Result<(), ControllerError> {
+        let _one_at_a_time = self.propose_lock.lock().await;
+        self.state().validate(&cmd)?;
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder
+            .append(now_ms(), None, Some(&cmd.encode()), &[])
+            .map_err(|e| ControllerError::Invalid(MetadataError::Undecodable(e.to_string())))?;
+        // Committed means applied: the hook ran before the write returned.
+        self.replica.write(builder.build(), Acks::All).await?;
+        Ok(())
+    }
+
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Stops the controller replica; the state stays readable.
+    pub async fn shutdown_replica(&self) {
+        if let Err(e) = self.replica.shutdown().await {
+            tracing::warn!(error = %e, "controller replica did not stop cleanly");
+        }
+    }
+}
+
+/// The controller's log keeps everything: metadata is small and is the history.
+fn controller_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 20,
+        retention: RetentionPolicy::default(),
+        ..LogConfig::default()
+    }
+}
+
+fn apply_batch(
+    applied: &Mutex<Applied>,
+    publish: &watch::Sender<Arc<MetadataState>>,
+    base_offset: u64,
+    batch: &Bytes,
+) {
+    let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+    let batch = match Batch::decode(batch.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(base_offset, error = %e, "undecodable controller batch skipped");
+            return;
+        }
+    };
+    let next = base_offset + batch.header().offset_count();
+    if next <= applied.next_offset {
+        return;
+    }
+    for record in batch.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(base_offset, error = %e, "undecodable controller record skipped");
+                break;
+            }
+        };
+        if (record.offset as u64) < applied.next_offset {
+            continue;
+        }
+        let Some(value) = record.value else { continue };
+        match MetadataCommand::decode(&value).and_then(|cmd| applied.state.apply(&cmd)) {
+            Ok(()) => tracing::info!(offset = record.offset, "applied metadata command"),
+            Err(e) => {
+                tracing::warn!(offset = record.offset, error = %e, "metadata command not applied")
+            }
+        }
+    }
+    applied.next_offset = next;
+    publish.send_replace(Arc::new(applied.state.clone()));
+}

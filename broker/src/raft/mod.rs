@@ -1,0 +1,576 @@
+//! Replication: every partition (and the controller, group 0) is an openraft group
+//! whose Raft log *is* the partition's segmented [`Log`].
+//!
+//! - [`types`]: the openraft type configuration (`u64` node ids, record batches as data,
+//!   standard single-leader-per-term log ids).
+//! - [`log_store`]: `RaftLogStorage`/`RaftLogReader` over the log, group-commit fsync.
+//! - [`state_machine`]: the thin state machine (applied id, membership, high watermark).
+//! - [`network`]: one gRPC service for all groups between two brokers.
+//! - [`meta`]: the small atomically written state files.
+//! - this module: [`Replica`], the handle the rest of the broker uses.
+//!
+//! Owns: starting, registering, writing to and stopping a group's replica. Must never
+//! let gRPC types leak upward (errors are [`ReplicaError`]), never let openraft
+//! snapshot or purge on its own (retention decides; see [`RaftTuning`]), and never
+//! acknowledge a write before the promised durability.
+
+pub mod log_store;
+pub mod meta;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::metrics::WaitError;
+use openraft::{Config, SnapshotPolicy};
+use sluice_proto::batch::{BatchHeader, HeaderError};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::log::{Log, LogConfig, LogError};
+use log_store::{LeaderAcks, LogStore, StorageFailure};
+use meta::{MetaState, MetaStore, StateFileError};
+use network::TransportError;
+use state_machine::{StateMachine, StateMachineError};
+
+pub use log_store::DEFAULT_MAX_APPEND_BYTES;
+pub use network::{GroupRegistry, Network, NetworkOptions, RaftService};
+pub use state_machine::{ApplyHook, CheckpointPolicy, PartitionSnapshot};
+pub use types::{Applied, BasicNode, NodeId, RecordBatch, TypeConfig};
+
+/// An openraft handle of a Sluice group.
+pub type RaftHandle = openraft::Raft<TypeConfig, StateMachine>;
+
+/// How durable a write must be before it is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Acks {
+    /// Committed by a Raft majority (and applied on the leader).
+    #[default]
+    All,
+    /// Appended and fsynced on the leader; a leader change may still lose it.
+    Leader,
+    /// Handed to the leader; nothing is awaited.
+    None,
+}
+
+/// Where an acknowledged write landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The batch's first offset; `None` for [`Acks::None`], which waits for nothing.
+    pub base_offset: Option<u64>,
+    /// The high watermark when the write was acknowledged. With [`Acks::All`] it covers
+    /// the batch; with [`Acks::Leader`] it may not yet.
+    pub high_watermark: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum ReplicaError {
+    #[error("{}", not_leader_message(.leader))]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] HeaderError),
+    #[error("partition storage failed: {0}")]
+    Storage(#[source] Arc<LogError>),
+    #[error("partition state file: {0}")]
+    StateFile(#[from] StateFileError),
+    #[error("timed out after {0:?} waiting for replication")]
+    Timeout(Duration),
+    #[error("the replica is shut down")]
+    Shutdown,
+    #[error("raft transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+fn not_leader_message(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("not the leader; the leader is broker {id} at {addr}"),
+        None => "not the leader, and no leader is known yet: retry shortly".to_string(),
+    }
+}
+
+impl From<LogError> for ReplicaError {
+    fn from(e: LogError) -> Self {
+        Self::Storage(Arc::new(e))
+    }
+}
+
+impl From<StateMachineError> for ReplicaError {
+    fn from(e: StateMachineError) -> Self {
+        match e {
+            StateMachineError::Log(e) => e.into(),
+            StateMachineError::StateFile(e) => e.into(),
+        }
+    }
+}
+
+impl ReplicaError {
+    /// Whether the failure is a full disk (the client should be told so).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Storage(e) if matches!(**e, LogError::DiskFull { .. }))
+    }
+}
+
+/// Timers and limits of a group. The defaults suit a small cluster on a LAN and make a
+/// single node elect itself within about half a second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTuning {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long `write` waits for the promised durability.
+    pub write_timeout: Duration,
+    /// Most entries per AppendEntries RPC.
+    pub max_payload_entries: u64,
+    /// Most payload bytes per AppendEntries RPC (at least one entry goes).
+    pub max_append_bytes: usize,
+    pub install_snapshot_timeout: Duration,
+    pub checkpoint: CheckpointPolicy,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            write_timeout: Duration::from_secs(10),
+            max_payload_entries: 256,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            install_snapshot_timeout: Duration::from_secs(10),
+            checkpoint: CheckpointPolicy::default(),
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The openraft configuration: timers from here; snapshots and purges only when the
+    /// broker asks (`trigger().snapshot()` / `purge_log`), because the log is the data.
+    pub fn openraft_config(&self, group_id: u64) -> Result<Config, ReplicaError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Config {
+            cluster_name: format!("sluice-group-{group_id}"),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            install_snapshot_timeout: ms(self.install_snapshot_timeout),
+            max_payload_entries: self.max_payload_entries,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            enable_pre_vote: Some(true),
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ReplicaError::Config(e.to_string()))
+    }
+}
+
+/// What a replica needs to start.
+#[derive(Clone)]
+pub struct ReplicaSpec {
+    pub group_id: u64,
+    /// This broker's id.
+    pub node_id: NodeId,
+    /// The group's directory: the log in `log/`, `raft-meta`, `sm-state`.
+    pub dir: PathBuf,
+    pub log_config: LogConfig,
+    /// The initial voters; the lowest id initializes a brand-new group.
+    pub members: BTreeMap<NodeId, BasicNode>,
+    /// Called with every applied data batch, in log order (the controller's metadata).
+    pub hook: Option<ApplyHook>,
+    pub tuning: RaftTuning,
+}
+
+impl ReplicaSpec {
+    pub fn new(
+        group_id: u64,
+        node_id: NodeId,
+        dir: impl Into<PathBuf>,
+        members: BTreeMap<NodeId, BasicNode>,
+    ) -> Self {
+        Self {
+            group_id,
+            node_id,
+            dir: dir.into(),
+            log_config: LogConfig::default(),
+            members,
+            hook: None,
+            tuning: RaftTuning::default(),
+        }
+    }
+
+    pub fn log_config(mut self, config: LogConfig) -> Self {
+        self.log_config = config;
+        self
+    }
+
+    pub fn hook(mut self, hook: ApplyHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    pub fn tuning(mut self, tuning: RaftTuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+}
+
+/// One replica of one group on this broker.
+pub struct Replica {
+    group_id: u64,
+    node_id: NodeId,
+    raft: RaftHandle,
+    log: Arc<Log>,
+    meta: Arc<MetaStore>,
+    hw: watch::Receiver<u64>,
+    acks: Arc<LeaderAcks>,
+    failure: Arc<StorageFailure>,
+    registry: GroupRegistry,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("group_id", &self.group_id)
+            .field("node_id", &self.node_id)
+            .field("dir", &self.log.dir())
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Opens the group's log and state in `spec.dir`, starts its Raft node, registers it
+    /// for incoming RPCs, and, if the group is brand new here and this broker has the
+    /// lowest id of `spec.members`, initializes the group with those members.
+    pub async fn start(
+        spec: ReplicaSpec,
+        registry: &GroupRegistry,
+        network: &Network,
+    ) -> Result<Self, ReplicaError> {
+        let ReplicaSpec {
+            group_id,
+            node_id,
+            dir,
+            log_config,
+            members,
+            hook,
+            tuning,
+        } = spec;
+        let config = tuning.openraft_config(group_id)?;
+        // Checked before the log is opened: two replicas must never share a log.
+        if registry.contains(group_id) {
+            return Err(TransportError::AlreadyRegistered { group_id }.into());
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create group dir", &dir, e))?;
+        let log = Arc::new(Log::open(dir.join("log"), log_config)?);
+        let meta = Arc::new(MetaStore::open(dir.join("raft-meta"))?);
+        let sm_path = dir.join("sm-state");
+        let fresh =
+            log.last_id().is_none() && meta.state() == MetaState::default() && !sm_path.exists();
+        let (sm, hw) = StateMachine::open(log.clone(), sm_path, hook, tuning.checkpoint)?;
+        let acks = Arc::new(LeaderAcks::default());
+        let failure = Arc::new(StorageFailure::default());
+        let store = LogStore::new(
+            log.clone(),
+            meta.clone(),
+            acks.clone(),
+            failure.clone(),
+            tuning.max_append_bytes,
+        );
+        let raft = RaftHandle::new(
+            node_id,
+            Arc::new(config),
+            network.group(group_id, node_id),
+            store,
+            sm,
+        )
+        .await
+        .map_err(|f| fatal_error(f, &failure))?;
+        if let Err(e) = registry.register(group_id, raft.clone()) {
+            let _ = raft.shutdown().await;
+            return Err(e.into());
+        }
+        let replica = Self {
+            group_id,
+            node_id,
+            raft,
+            log,
+            meta,
+            hw,
+            acks,
+            failure,
+            registry: registry.clone(),
+            write_timeout: tuning.write_timeout,
+        };
+        if fresh && members.keys().next() == Some(&node_id) {
+            match replica.raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    let err = match e {
+                        RaftError::Fatal(f) => replica.fatal(f),
+                        RaftError::APIError(api) => ReplicaError::Config(api.to_string()),
+                    };
+                    let _ = replica.shutdown().await;
+                    return Err(err);
+                }
+            }
+        }
+        tracing::info!(group_id, node_id, fresh, "replica started");
+        Ok(replica)
+    }
+
+    pub fn group_id(&self) -> u64 {
+        self.group_id
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The partition's log (reads go straight to it, bounded by the high watermark).
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The openraft handle, for membership changes and retention-driven purges.
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// The offset after the last committed (applied) record: consumers read below it.
+    pub fn high_watermark(&self) -> u64 {
+        *self.hw.borrow()
+    }
+
+    /// A receiver that changes whenever the high watermark moves (long-poll fetches).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.hw.clone()
+    }
+
+    /// The current leader, as far as this replica knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.as_leader().is_ok()
+    }
+
+    /// Voters holding every committed entry, as the leader sees them (the leader
+    /// included). Empty on a follower, which cannot tell.
+    pub fn in_sync_replicas(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let (Some(replication), Some(committed)) =
+            (&metrics.replication, metrics.cluster_committed)
+        else {
+            return Vec::new();
+        };
+        let mut isr: Vec<NodeId> = replication
+            .iter()
+            .filter(|(_, matched)| matched.as_ref().is_some_and(|m| m.index >= committed.index))
+            .map(|(id, _)| *id)
+            .collect();
+        if !isr.contains(&self.node_id) {
+            isr.push(self.node_id);
+        }
+        isr.sort_unstable();
+        isr
+    }
+
+    /// The current leader and its address, as far as this replica knows.
+    pub fn leader_node(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let id = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    /// Waits until some replica (maybe this one) is leader; returns its id. When it is
+    /// this replica, its leadership is established (writes are accepted) on return.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ReplicaError> {
+        let me = self.node_id;
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                move |m| match m.current_leader {
+                    // A new leader takes writes once a quorum has acknowledged it (its
+                    // lease), or at once if it is the only voter.
+                    Some(l) if l == me => {
+                        m.state.is_leader()
+                            && m.vote.is_committed()
+                            && (m.last_quorum_acked.is_some()
+                                || m.membership_config.voter_ids().count() == 1)
+                    }
+                    Some(_) => true,
+                    None => false,
+                },
+                "a leader is known",
+            )
+            .await
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => ReplicaError::Timeout(timeout),
+                WaitError::ShuttingDown => ReplicaError::Shutdown,
+            })?;
+        metrics.current_leader.ok_or(ReplicaError::Shutdown)
+    }
+
+    /// Appends a record batch (Kafka RecordBatch v2; its base offset and leader epoch are
+    /// stamped by the log) and waits for the durability `acks` asks for.
+    pub async fn write(&self, batch: Bytes, acks: Acks) -> Result<Written, ReplicaError> {
+        // A batch the log cannot index would fail the append and stop the group.
+        BatchHeader::parse(&batch)?;
+        match acks {
+            Acks::All => {
+                let resp = tokio::time::timeout(
+                    self.write_timeout,
+                    self.raft.client_write(RecordBatch(batch)),
+                )
+                .await
+                .map_err(|_| ReplicaError::Timeout(self.write_timeout))?
+                .map_err(|e| match e {
+                    RaftError::APIError(e) => self.client_write_error(e),
+                    RaftError::Fatal(f) => self.fatal(f),
+                })?;
+                Ok(Written {
+                    base_offset: Some(resp.data.base_offset),
+                    high_watermark: resp.data.high_watermark,
+                })
+            }
+            Acks::Leader => self.write_acked_by_leader(batch).await,
+            Acks::None => {
+                self.ensure_leader()?;
+                self.raft
+                    .client_write_ff(RecordBatch(batch), None)
+                    .await
+                    .map_err(|f| self.fatal(f))?;
+                Ok(Written {
+                    base_offset: None,
+                    high_watermark: self.high_watermark(),
+                })
+            }
+        }
+    }
+
+    /// acks=leader: the log store reports the batch once it is fsynced in this (leader's)
+    /// log; if the entry is applied first, or rejected, that answer wins.
+    async fn write_acked_by_leader(&self, batch: Bytes) -> Result<Written, ReplicaError> {
+        self.ensure_leader()?;
+        let mut waiter = self.acks.register(&batch);
+        let (responder, completed) = ProgressResponder::complete_only();
+        self.raft
+            .client_write_ff(RecordBatch(batch), Some(responder))
+            .await
+            .map_err(|f| self.fatal(f))?;
+        let wait = async {
+            tokio::select! {
+                biased;
+                Ok(base) = &mut waiter.appended => Ok(Written {
+                    base_offset: Some(base),
+                    high_watermark: self.high_watermark(),
+                }),
+                done = completed => match done {
+                    Ok(Ok(resp)) => Ok(Written {
+                        base_offset: Some(resp.data.base_offset),
+                        high_watermark: resp.data.high_watermark,
+                    }),
+                    Ok(Err(e)) => Err(self.client_write_error(e)),
+                    // openraft dropped the request: it stopped, maybe on a storage error.
+                    Err(_) => Err(self
+                        .failure
+                        .get()
+                        .map_or(ReplicaError::Shutdown, ReplicaError::Storage)),
+                },
+            }
+        };
+        tokio::time::timeout(self.write_timeout, wait)
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.write_timeout))?
+    }
+
+    fn ensure_leader(&self) -> Result<(), ReplicaError> {
+        self.raft
+            .as_leader()
+            .map(|_| ())
+            .map_err(|f| self.not_leader(f))
+    }
+
+    fn not_leader(&self, f: ForwardToLeader<TypeConfig>) -> ReplicaError {
+        let leader = f.leader_id.map(|id| {
+            let addr = f
+                .leader_node
+                .map(|n| n.addr)
+                .or_else(|| {
+                    self.raft
+                        .metrics()
+                        .borrow_watched()
+                        .membership_config
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                })
+                .unwrap_or_default();
+            (id, addr)
+        });
+        ReplicaError::NotLeader { leader }
+    }
+
+    /// A discarded entry (leader changed before it committed) is reported as "not
+    /// leader": the client retries at the new leader, and idempotent producers dedupe.
+    fn client_write_error(&self, e: ClientWriteError<TypeConfig>) -> ReplicaError {
+        match e {
+            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f) => {
+                self.not_leader(f)
+            }
+            other => ReplicaError::Fatal(other.to_string()),
+        }
+    }
+
+    fn fatal(&self, f: Fatal<TypeConfig>) -> ReplicaError {
+        fatal_error(f, &self.failure)
+    }
+
+    /// Stops the group here: no more RPCs are routed to it, openraft stops, and the
+    /// committed id is written out.
+    pub async fn shutdown(&self) -> Result<(), ReplicaError> {
+        self.registry.unregister(self.group_id);
+        let stopped = self.raft.shutdown().await;
+        let meta = self.meta.clone();
+        let persisted = tokio::task::spawn_blocking(move || meta.persist())
+            .await
+            .map_err(|e| ReplicaError::Fatal(e.to_string()))?;
+        stopped.map_err(|e| ReplicaError::Fatal(e.to_string()))?;
+        persisted?;
+        tracing::info!(group_id = self.group_id, "replica stopped");
+        Ok(())
+    }
+}
+
+fn fatal_error(f: Fatal<TypeConfig>, failure: &StorageFailure) -> ReplicaError {
+    match f {
+        Fatal::Stopped => ReplicaError::Shutdown,
+        Fatal::StorageError(e) => match failure.get() {
+            Some(log_err) => ReplicaError::Storage(log_err),
+            None => ReplicaError::Fatal(e.to_string()),
+        },
+        other => ReplicaError::Fatal(other.to_string()),
+    }
+}

@@ -1,0 +1,173 @@
+//! Produce: a bidirectional stream of batches in, acknowledgements out.
+//!
+//! A client keeps many requests in flight on one stream. Each request is checked on
+//! arrival (partition known and hosted, batch within `max.message.bytes`, CRC and
+//! structure valid), then handed to its partition's lane. Lanes keep requests for one
+//! partition in arrival order, so a client's batches land in the order it sent them;
+//! different partitions proceed independently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::batch::Batch;
+use sluice_proto::v1::{self, ErrorCode};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::errors::{self, error};
+use crate::node::Node;
+use crate::partition::Partition;
+use crate::raft::Acks;
+
+/// Replies buffered per stream before the client must read some.
+const REPLY_BUFFER: usize = 1024;
+/// Requests queued per partition lane before the stream stops reading.
+const LANE_DEPTH: usize = 256;
+/// A produce's deadline when the request names none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Job {
+    correlation_id: u64,
+    batch: Bytes,
+    acks: Acks,
+    timeout: Duration,
+}
+
+type Reply = Result<v1::ProduceResponse, Status>;
+
+pub fn serve(
+    node: Arc<Node>,
+    mut requests: Streaming<v1::ProduceRequest>,
+) -> ReceiverStream<Reply> {
+    let (replies, out) = mpsc::channel(REPLY_BUFFER);
+    tokio::spawn(async move {
+        let mut lanes: HashMap<(String, u32), mpsc::Sender<Job>> = HashMap::new();
+        loop {
+            let req = match requests.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, "produce stream ended by the client");
+                    break;
+                }
+            };
+            let correlation_id = req.correlation_id;
+            match admit(&node, req) {
+                Err(e) => {
+                    if replies.send(Ok(failure(correlation_id, e))).await.is_err() {
+                        break;
+                    }
+                }
+                Ok((partition, job)) => {
+                    let key = (partition.topic.clone(), partition.partition);
+                    let fire_and_forget = job.acks == Acks::None;
+                    let lane = lanes
+                        .entry(key)
+                        .or_insert_with(|| spawn_lane(partition, replies.clone()));
+                    if lane.send(job).await.is_err() {
+                        break;
+                    }
+                    // acks=none is answered on receipt, without an offset.
+                    if fire_and_forget {
+                        let reply = v1::ProduceResponse {
+                            correlation_id,
+                            base_offset: 0,
+                            error: None,
+                        };
+                        if replies.send(Ok(reply)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    ReceiverStream::new(out)
+}
+
+/// Checks a request and turns it into a job for its partition's lane.
+fn admit(node: &Node, req: v1::ProduceRequest) -> Result<(Arc<Partition>, Job), v1::Error> {
+    let acks = match v1::Acks::try_from(req.acks) {
+        Ok(v1::Acks::All) => Acks::All,
+        Ok(v1::Acks::Leader) => Acks::Leader,
+        Ok(v1::Acks::None) => Acks::None,
+        Err(_) => {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                format!("unknown acks value {}: use all, leader or none", req.acks),
+            ));
+        }
+    };
+    let partition = node.local_partition(&req.topic, req.partition)?;
+    let max = partition.config.max_message_bytes;
+    if req.batch.len() as u64 > max {
+        return Err(error(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "batch of {} bytes exceeds the topic's max.message.bytes of {max}: send smaller batches",
+                req.batch.len()
+            ),
+        ));
+    }
+    Batch::verify(&req.batch).map_err(|e| errors::from_batch(&e))?;
+    let timeout = match req.timeout_ms {
+        0 => DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    Ok((
+        partition,
+        Job {
+            correlation_id: req.correlation_id,
+            batch: req.batch,
+            acks,
+            timeout,
+        },
+    ))
+}
+
+fn spawn_lane(partition: Arc<Partition>, replies: mpsc::Sender<Reply>) -> mpsc::Sender<Job> {
+    let (tx, mut jobs) = mpsc::channel::<Job>(LANE_DEPTH);
+    tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            let written =
+                tokio::time::timeout(job.timeout, partition.replica.write(job.batch, job.acks))
+                    .await;
+            if job.acks == Acks::None {
+                continue;
+            }
+            let reply = match written {
+                Ok(Ok(w)) => v1::ProduceResponse {
+                    correlation_id: job.correlation_id,
+                    base_offset: w.base_offset.unwrap_or_default(),
+                    error: None,
+                },
+                Ok(Err(e)) => failure(job.correlation_id, errors::from_replica(&e)),
+                Err(_) => failure(
+                    job.correlation_id,
+                    error(
+                        ErrorCode::Timeout,
+                        format!(
+                            "not acknowledged within {:?}; the batch may still be written",
+                            job.timeout
+                        ),
+                    ),
+                ),
+            };
+            if replies.send(Ok(reply)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+fn failure(correlation_id: u64, error: v1::Error) -> v1::ProduceResponse {
+    v1::ProduceResponse {
+        correlation_id,
+        base_offset: 0,
+        error: Some(error),
+    }
+}

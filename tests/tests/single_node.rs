@@ -1,0 +1,508 @@
+//! A real single-node broker process on a free port: produce and consume through the
+//! client and the CLI, replay, crash recovery, and typed errors for bad input.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{
+    Acks, Admin, ClientConfig, ClientError, Connection, Consumer, ConsumerConfig, NewTopic, Offset,
+    Producer, ProducerConfig, ProducerRecord, TopicPartition,
+};
+use sluice_proto::batch::{BatchBuilder, Compression};
+use sluice_proto::v1::{self, ErrorCode, sluice_client::SluiceClient};
+use sluice_tests::BrokerProcess;
+
+const BROKER: &str = env!("CARGO_BIN_EXE_test-broker");
+const CLI: &str = env!("CARGO_BIN_EXE_test-sluice");
+
+fn client_config(broker: &BrokerProcess) -> ClientConfig {
+    let mut c = ClientConfig::new([broker.addr.clone()]);
+    c.request_timeout = Duration::from_secs(10);
+    c
+}
+
+async fn connect(broker: &BrokerProcess) -> Connection {
+    Connection::connect(client_config(broker))
+        .await
+        .expect("connect")
+}
+
+/// Reads `count` records from the start of every partition of `topic`.
+async fn read_all(
+    conn: &Connection,
+    topic: &str,
+    count: usize,
+) -> Vec<sluice_client::ConsumerRecord> {
+    let mut consumer = Consumer::new(conn.clone(), ConsumerConfig::default()).expect("consumer");
+    let tps = consumer.assign_topic(topic).await.expect("assign");
+    for tp in &tps {
+        consumer.seek(tp, Offset::Earliest).expect("seek");
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Some(Ok(r))) => out.push(r),
+            Ok(Some(Err(e))) => panic!("consume failed: {e}"),
+            Ok(None) => break,
+            Err(_) => panic!("only {} of {count} records arrived", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_in_order_per_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let conn = connect(&broker).await;
+    Admin::new(conn.clone())
+        .create_topic(NewTopic::new("orders", 3))
+        .await
+        .expect("create topic");
+    let producer = Producer::new(conn.clone(), ProducerConfig::default()).expect("producer");
+    let mut acks = Vec::new();
+    for i in 0..600u32 {
+        let key = format!("customer-{}", i % 7);
+        let rec = ProducerRecord::new("orders", format!("{key}:{i}")).key(key);
+        acks.push(producer.send(rec).await.expect("buffered"));
+    }
+    producer.flush().await.expect("flush");
+    let mut acked = Vec::new();
+    for a in acks {
+        acked.push(a.await.expect("acknowledged"));
+    }
+    let records = read_all(&conn, "orders", 600).await;
+    assert_eq!(records.len(), 600);
+    // Offsets per partition are dense, and each key's values arrive in send order.
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut last_seq: BTreeMap<String, u32> = BTreeMap::new();
+    for r in &records {
+        per_partition.entry(r.partition).or_default().push(r.offset);
+        let value = String::from_utf8(r.value.clone().expect("value").to_vec()).expect("utf8");
+        let (key, seq) = value.split_once(':').expect("key:seq");
+        let seq: u32 = seq.parse().expect("seq");
+        if let Some(prev) = last_seq.insert(key.to_string(), seq) {
+            assert!(seq > prev, "{key}: {seq} after {prev}");
+        }
+        assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+    }
+    for offsets in per_partition.values() {
+        assert_eq!(*offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+    // The same key always lands on the same partition.
+    let mut key_partition: BTreeMap<String, u32> = BTreeMap::new();
+    for r in &records {
+        let key = String::from_utf8(r.key.clone().expect("key").to_vec()).expect("utf8");
+        assert_eq!(
+            *key_partition.entry(key).or_insert(r.partition),
+            r.partition
+        );
+    }
+    assert_eq!(acked.len(), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_earliest_an_offset_and_a_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let conn = connect(&broker).await;
+    Admin::new(conn.clone())
+        .create_topic(NewTopic::new("events", 1))
+        .await
+        .expect("create topic");
+    let producer = Producer::new(conn.clone(), ProducerConfig::default()).expect("producer");
+    let base_ts = 1_700_000_000_000i64;
+    for i in 0..100i64 {
+        let rec = ProducerRecord::new("events", format!("e{i}")).timestamp(base_ts + i * 1000);
+        producer
+            .send(rec)
+            .await
+            .expect("buffered")
+            .await
+            .expect("acked");
+    }
+    let tp = TopicPartition::new("events", 0);
+    let mut consumer = Consumer::new(conn.clone(), ConsumerConfig::default()).expect("consumer");
+    consumer.assign(vec![tp.clone()]);
+    for (start, first) in [
+        (Offset::Earliest, 0u64),
+        (Offset::At(42), 42),
+        (Offset::Timestamp(base_ts + 57_500), 58),
+        (Offset::Timestamp(base_ts + 30_000), 30),
+    ] {
+        consumer.seek(&tp, start).expect("seek");
+        let r = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .expect("a record in time")
+            .expect("stream open")
+            .expect("record");
+        assert_eq!(r.offset, first, "start {start:?}");
+        assert_eq!(r.value.as_deref(), Some(format!("e{first}").as_bytes()));
+        assert_eq!(r.timestamp, base_ts + first as i64 * 1000);
+    }
+    let admin = Admin::new(conn.clone());
+    assert_eq!(
+        admin
+            .list_offset(&tp, Offset::Latest)
+            .await
+            .expect("latest"),
+        100
+    );
+    assert_eq!(
+        admin
+            .list_offset(&tp, Offset::Timestamp(base_ts + 10_000_000))
+            .await
+            .expect("future"),
+        100
+    );
+}
+
+fn cli(broker: &BrokerProcess, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(CLI)
+        .arg("--bootstrap")
+        .arg(&broker.addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cli");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("cli output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_creates_produces_consumes_and_describes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let (ok, _, err) = cli(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "logs",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        "",
+    );
+    assert!(ok, "create: {err}");
+    let (ok, _, err) = cli(
+        &broker,
+        &["produce", "logs", "--key-separator", "="],
+        "a=1\nb=2\na=3\nc=4\n",
+    );
+    assert!(ok, "produce: {err}");
+    let (ok, out, err) = cli(
+        &broker,
+        &[
+            "consume",
+            "logs",
+            "--from-beginning",
+            "--format",
+            "{key}={value}",
+        ],
+        "",
+    );
+    assert!(ok, "consume: {err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, vec!["a=1", "a=3", "b=2", "c=4"]);
+    let (ok, out, err) = cli(
+        &broker,
+        &["topic", "describe", "logs", "--output", "json"],
+        "",
+    );
+    assert!(ok, "describe: {err}");
+    assert!(
+        out.contains("retention.ms") && out.contains("3600000"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&broker, &["topic", "list"], "");
+    assert!(ok && out.contains("logs"), "{out}");
+    let (ok, _, err) = cli(&broker, &["consume", "nope", "--from-beginning"], "");
+    assert!(!ok, "unknown topic must fail");
+    assert!(err.to_lowercase().contains("unknown topic"), "{err}");
+    let (ok, _, err) = cli(
+        &broker,
+        &["topic", "create", "bad name!", "--partitions", "1"],
+        "",
+    );
+    assert!(
+        !ok && err.to_lowercase().contains("invalid topic name"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_kill_9_under_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let conn = connect(&broker).await;
+    Admin::new(conn.clone())
+        .create_topic(NewTopic::new("ledger", 2).config("retention.bytes", "1073741824"))
+        .await
+        .expect("create topic");
+    let producer = Producer::new(
+        conn.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    )
+    .expect("producer");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writer = {
+        let (producer, acked) = (producer.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let value = format!("v{i}");
+                let Ok(delivery) = producer
+                    .send(ProducerRecord::new("ledger", value.clone()))
+                    .await
+                else {
+                    return;
+                };
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    if delivery.await.is_ok() {
+                        acked.lock().expect("lock").push(value);
+                    }
+                });
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().expect("lock").len() < 2000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.kill();
+    writer.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked: Vec<String> = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= 1000,
+        "too few acknowledged before the kill: {}",
+        acked.len()
+    );
+
+    broker.restart();
+    let conn = connect(&broker).await;
+    let desc = Admin::new(conn.clone())
+        .describe_topic("ledger")
+        .await
+        .expect("topic survives");
+    assert_eq!(
+        desc.configs.get("retention.bytes").map(String::as_str),
+        Some("1073741824")
+    );
+    let admin = Admin::new(conn.clone());
+    let mut total = 0u64;
+    for p in 0..2 {
+        total += admin
+            .list_offset(&TopicPartition::new("ledger", p), Offset::Latest)
+            .await
+            .expect("latest");
+    }
+    let records = read_all(&conn, "ledger", total as usize).await;
+    let stored: std::collections::HashSet<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().expect("value").to_vec()).expect("utf8"))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|v| !stored.contains(*v)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+async fn raw_client(broker: &BrokerProcess) -> SluiceClient<tonic::transport::Channel> {
+    SluiceClient::connect(format!("http://{}", broker.addr))
+        .await
+        .expect("raw connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn code(e: &Option<v1::Error>) -> ErrorCode {
+    e.as_ref()
+        .and_then(|e| ErrorCode::try_from(e.code).ok())
+        .unwrap_or(ErrorCode::None)
+}
+
+async fn produce_raw(
+    client: &mut SluiceClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+) -> v1::ProduceResponse {
+    let req = v1::ProduceRequest {
+        correlation_id: 7,
+        topic: topic.into(),
+        partition,
+        acks: v1::Acks::All as i32,
+        batch,
+        timeout_ms: 5000,
+    };
+    let mut replies = client
+        .produce(futures::stream::iter([req]))
+        .await
+        .expect("produce stream")
+        .into_inner();
+    replies.message().await.expect("reply").expect("one reply")
+}
+
+fn batch_of(values: &[&[u8]]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in values {
+        b.append(1_700_000_000_000, None, Some(v), &[])
+            .expect("append");
+    }
+    b.build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let mut client = raw_client(&broker).await;
+    let create = |name: &str, partitions: u32, configs: &[(&str, &str)]| v1::CreateTopicRequest {
+        name: name.into(),
+        partitions,
+        replication_factor: 0,
+        configs: configs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let r = client
+        .create_topic(create("ok", 1, &[("max.message.bytes", "4096")]))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_eq!(code(&r.error), ErrorCode::None);
+    for (req, want) in [
+        (create("bad/name", 1, &[]), ErrorCode::InvalidTopicName),
+        (create("zero", 0, &[]), ErrorCode::InvalidPartitions),
+        (create("ok", 1, &[]), ErrorCode::TopicAlreadyExists),
+        (
+            create("cfg", 1, &[("retention.ms", "soon")]),
+            ErrorCode::InvalidConfig,
+        ),
+        (create("rf", 1, &[]), ErrorCode::None),
+    ] {
+        let r = client.create_topic(req).await.expect("rpc").into_inner();
+        assert_eq!(code(&r.error), want, "{:?}", r.error);
+    }
+    let mut rf = create("rf3", 1, &[]);
+    rf.replication_factor = 3;
+    let r = client.create_topic(rf).await.expect("rpc").into_inner();
+    assert_eq!(code(&r.error), ErrorCode::InvalidReplicationFactor);
+
+    let good = batch_of(&[b"hello"]);
+    assert_eq!(
+        code(
+            &produce_raw(&mut client, "missing", 0, good.clone())
+                .await
+                .error
+        ),
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        code(&produce_raw(&mut client, "ok", 5, good.clone()).await.error),
+        ErrorCode::UnknownPartition
+    );
+    let big = batch_of(&[&[7u8; 8192]]);
+    assert_eq!(
+        code(&produce_raw(&mut client, "ok", 0, big).await.error),
+        ErrorCode::BatchTooLarge
+    );
+    let mut corrupt = good.to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        code(
+            &produce_raw(&mut client, "ok", 0, Bytes::from(corrupt))
+                .await
+                .error
+        ),
+        ErrorCode::CorruptBatch
+    );
+    assert_eq!(
+        code(
+            &produce_raw(&mut client, "ok", 0, Bytes::from_static(b"junk"))
+                .await
+                .error
+        ),
+        ErrorCode::CorruptBatch
+    );
+
+    // Nothing bad was stored, and good batches still go through.
+    let ok = produce_raw(&mut client, "ok", 0, good.clone()).await;
+    assert_eq!((code(&ok.error), ok.base_offset), (ErrorCode::None, 0));
+    let fetch = v1::FetchRequest {
+        topic: "ok".into(),
+        partition: 0,
+        offset: 99,
+        max_bytes: 0,
+        follow: false,
+    };
+    let mut stream = client.fetch(fetch).await.expect("fetch").into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("fetch reply")
+        .expect("one reply");
+    assert_eq!(code(&first.error), ErrorCode::OffsetOutOfRange);
+    let fetch = v1::FetchRequest {
+        topic: "ok".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 0,
+        follow: false,
+    };
+    let mut stream = client.fetch(fetch).await.expect("fetch").into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("fetch reply")
+        .expect("one reply");
+    assert_eq!(
+        (
+            code(&first.error),
+            first.batches.len(),
+            first.high_watermark
+        ),
+        (ErrorCode::None, 1, 1)
+    );
+
+    // The typed client maps the codes too.
+    let admin = Admin::connect(client_config(&broker)).await.expect("admin");
+    assert!(matches!(
+        admin.describe_topic("missing").await,
+        Err(ClientError::UnknownTopic { .. })
+    ));
+}
