@@ -167,6 +167,11 @@ impl Broker {
             tuning.clone(),
         )
         .await?;
+        if !controller.wait_for_leader(Duration::from_secs(10)).await {
+            tracing::warn!(
+                "no controller elected yet; serving anyway, metadata changes wait for one"
+            );
+        }
         let partitions = Arc::new(PartitionManager::new(
             config.node_id,
             &config.data_dir,
@@ -224,11 +229,11 @@ async fn housekeeping(node: Arc<Node>) {
             if let Err(e) = log.roll_if_aged() {
                 tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "segment roll failed");
             }
-            // Only committed data may go: the high watermark bounds what retention deletes.
-            match log.enforce_retention(now_ms(), p.replica.high_watermark()) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(topic = %p.topic, partition = p.partition, segments = n, "retention deleted segments")
+            // Snapshot, then purge: only committed data goes, and Raft never misses it.
+            match p.replica.enforce_retention(now_ms()).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(topic = %p.topic, partition = p.partition, "retention purged old segments")
                 }
                 Err(e) => {
                     tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "retention failed")

@@ -396,6 +396,22 @@ impl Log {
     /// above `protect_from`. Returns how many segments went.
     pub fn enforce_retention(&self, now_ms: i64, protect_from: u64) -> Result<usize, LogError> {
         let mut inner = self.lock();
+        let count = self.retention_count(&inner, now_ms, protect_from);
+        self.delete_oldest(&mut inner, count)
+    }
+
+    /// The last entry of the segments retention would delete now, keeping every
+    /// offset at or above `protect_from`; `None` if it would delete nothing. The Raft
+    /// layer snapshots up to this entry and then purges through it.
+    pub fn retention_point(&self, now_ms: i64, protect_from: u64) -> Option<EntryId> {
+        let inner = self.lock();
+        let count = self.retention_count(&inner, now_ms, protect_from);
+        count
+            .checked_sub(1)
+            .and_then(|last| inner.segments[last].tail().last_id)
+    }
+
+    fn retention_count(&self, inner: &Inner, now_ms: i64, protect_from: u64) -> usize {
         let (sealed, active) = inner.segments.split_at(inner.segments.len() - 1);
         let stats: Vec<SegmentStats> = sealed
             .iter()
@@ -405,14 +421,13 @@ impl Log {
                 max_timestamp: s.tail().max_timestamp,
             })
             .collect();
-        let count = retention::segments_to_delete(
+        retention::segments_to_delete(
             &self.config.retention,
             &stats,
             active[0].size(),
             now_ms,
             protect_from,
-        );
-        self.delete_oldest(&mut inner, count)
+        )
     }
 
     fn delete_oldest(&self, inner: &mut Inner, count: usize) -> Result<usize, LogError> {

@@ -25,6 +25,9 @@ use crate::raft::{
 /// The controller's Raft group id.
 pub const CONTROLLER_GROUP: u64 = 0;
 
+/// How long a proposal waits for a controller to be elected.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Error)]
 pub enum ControllerError {
     #[error(transparent)]
@@ -144,6 +147,11 @@ impl Controller {
     /// Validates, commits and applies `cmd`. Only the controller leader accepts.
     pub async fn propose(&self, cmd: MetadataCommand) -> Result<(), ControllerError> {
         let _one_at_a_time = self.propose_lock.lock().await;
+        // During an election nobody leads; give it a moment rather than fail at once.
+        if self.replica.leader().is_none() || self.replica.leader() == Some(self.replica.node_id())
+        {
+            let _ = self.replica.wait_for_leader(ELECTION_WAIT).await;
+        }
         self.state().validate(&cmd)?;
         let mut builder = BatchBuilder::new(Compression::None);
         builder

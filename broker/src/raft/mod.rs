@@ -29,17 +29,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::alias::OneshotReceiverOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::metrics::WaitError;
+use openraft::raft::ClientWriteResult;
 use openraft::{Config, SnapshotPolicy};
 use sluice_proto::batch::{BatchHeader, HeaderError};
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::log::{Log, LogConfig, LogError};
-use log_store::{LeaderAcks, LogStore, StorageFailure};
+use log_store::{AckWaiter, LeaderAcks, LogStore, StorageFailure};
 use meta::{MetaState, MetaStore, StateFileError};
 use network::TransportError;
 use state_machine::{StateMachine, StateMachineError};
@@ -62,6 +64,12 @@ pub enum Acks {
     Leader,
     /// Handed to the leader; nothing is awaited.
     None,
+}
+
+/// A write whose place in the log is fixed and whose acknowledgement is to come.
+pub struct PendingWrite {
+    completed: Option<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>>,
+    leader_ack: Option<AckWaiter>,
 }
 
 /// Where an acknowledged write landed.
@@ -437,74 +445,120 @@ impl Replica {
     /// Appends a record batch (Kafka RecordBatch v2; its base offset and leader epoch are
     /// stamped by the log) and waits for the durability `acks` asks for.
     pub async fn write(&self, batch: Bytes, acks: Acks) -> Result<Written, ReplicaError> {
-        // A batch the log cannot index would fail the append and stop the group.
-        BatchHeader::parse(&batch)?;
-        match acks {
-            Acks::All => {
-                let resp = tokio::time::timeout(
-                    self.write_timeout,
-                    self.raft.client_write(RecordBatch(batch)),
-                )
-                .await
-                .map_err(|_| ReplicaError::Timeout(self.write_timeout))?
-                .map_err(|e| match e {
-                    RaftError::APIError(e) => self.client_write_error(e),
-                    RaftError::Fatal(f) => self.fatal(f),
-                })?;
-                Ok(Written {
-                    base_offset: Some(resp.data.base_offset),
-                    high_watermark: resp.data.high_watermark,
-                })
-            }
-            Acks::Leader => self.write_acked_by_leader(batch).await,
-            Acks::None => {
-                self.ensure_leader()?;
-                self.raft
-                    .client_write_ff(RecordBatch(batch), None)
-                    .await
-                    .map_err(|f| self.fatal(f))?;
-                Ok(Written {
-                    base_offset: None,
-                    high_watermark: self.high_watermark(),
-                })
-            }
-        }
+        let pending = self.submit(batch, acks).await?;
+        self.complete(pending).await
     }
 
-    /// acks=leader: the log store reports the batch once it is fsynced in this (leader's)
-    /// log; if the entry is applied first, or rejected, that answer wins.
-    async fn write_acked_by_leader(&self, batch: Bytes) -> Result<Written, ReplicaError> {
+    /// Hands a batch to Raft and returns once its place in the log order is fixed, not
+    /// once it is durable: batches submitted one after another from one task are
+    /// appended in that order, while their acknowledgements ([`Replica::complete`]) may
+    /// be awaited concurrently. This is what lets a producer pipeline.
+    pub async fn submit(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
+        // A batch the log cannot index would fail the append and stop the group.
+        BatchHeader::parse(&batch)?;
         self.ensure_leader()?;
-        let mut waiter = self.acks.register(&batch);
-        let (responder, completed) = ProgressResponder::complete_only();
+        let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
+        let (responder, completed) = match acks {
+            Acks::None => (None, None),
+            Acks::All | Acks::Leader => {
+                let (responder, completed) = ProgressResponder::complete_only();
+                (Some(responder), Some(completed))
+            }
+        };
         self.raft
-            .client_write_ff(RecordBatch(batch), Some(responder))
+            .client_write_ff(RecordBatch(batch), responder)
             .await
             .map_err(|f| self.fatal(f))?;
-        let wait = async {
-            tokio::select! {
-                biased;
-                Ok(base) = &mut waiter.appended => Ok(Written {
-                    base_offset: Some(base),
-                    high_watermark: self.high_watermark(),
+        Ok(PendingWrite {
+            completed,
+            leader_ack,
+        })
+    }
+
+    /// Waits for the durability a [`PendingWrite`] was submitted with: commit by a
+    /// majority (`All`), fsync on this leader (`Leader`, or commit if that comes first),
+    /// or nothing (`None`).
+    pub async fn complete(&self, pending: PendingWrite) -> Result<Written, ReplicaError> {
+        let PendingWrite {
+            completed,
+            leader_ack,
+        } = pending;
+        let Some(completed) = completed else {
+            return Ok(Written {
+                base_offset: None,
+                high_watermark: self.high_watermark(),
+            });
+        };
+        let committed = async {
+            match completed.await {
+                Ok(Ok(resp)) => Ok(Written {
+                    base_offset: Some(resp.data.base_offset),
+                    high_watermark: resp.data.high_watermark,
                 }),
-                done = completed => match done {
-                    Ok(Ok(resp)) => Ok(Written {
-                        base_offset: Some(resp.data.base_offset),
-                        high_watermark: resp.data.high_watermark,
+                Ok(Err(e)) => Err(self.client_write_error(e)),
+                Err(_) => Err(ReplicaError::Shutdown),
+            }
+        };
+        let wait = async {
+            match leader_ack {
+                None => committed.await,
+                Some(mut waiter) => tokio::select! {
+                    biased;
+                    Ok(base) = &mut waiter.appended => Ok(Written {
+                        base_offset: Some(base),
+                        high_watermark: self.high_watermark(),
                     }),
-                    Ok(Err(e)) => Err(self.client_write_error(e)),
-                    // openraft dropped the request: it stopped, maybe on a storage error.
-                    Err(_) => Err(self
-                        .failure
-                        .get()
-                        .map_or(ReplicaError::Shutdown, ReplicaError::Storage)),
+                    done = committed => done,
                 },
             }
         };
         tokio::time::timeout(self.write_timeout, wait)
             .await
             .map_err(|_| ReplicaError::Timeout(self.write_timeout))?
+    }
+
+    /// Applies the log's retention policy the Raft way: snapshot at least up to the
+    /// last entry retention would delete, then purge through it, so openraft never
+    /// looks for entries that are gone (a follower that needs them installs the
+    /// snapshot). Only committed data is ever deleted. Returns whether anything went.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<bool, ReplicaError> {
+        let Some(upto) = self.log.retention_point(now_ms, self.high_watermark()) else {
+            return Ok(false);
+        };
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|f| self.fatal(f))?;
+        self.raft
+            .wait(Some(self.write_timeout))
+            .metrics(
+                move |m| m.snapshot.is_some_and(|s| s.index >= upto.index),
+                "snapshot covers the retention point",
+            )
+            .await
+            .map_err(|e| match e {
+                WaitError::Timeout(t, _) => ReplicaError::Timeout(t),
+                WaitError::ShuttingDown => ReplicaError::Shutdown,
+            })?;
+        self.raft
+            .trigger()
+            .purge_log(upto.index)
+            .await
+            .map_err(|f| self.fatal(f))?;
+        // The trigger only queues the purge; it may also wait for replication reads.
+        self.raft
+            .wait(Some(self.write_timeout))
+            .metrics(
+                move |m| m.purged.is_some_and(|p| p.index >= upto.index),
+                "purged through the retention point",
+            )
+            .await
+            .map_err(|e| match e {
+                WaitError::Timeout(t, _) => ReplicaError::Timeout(t),
+                WaitError::ShuttingDown => ReplicaError::Shutdown,
+            })?;
+        Ok(true)
     }
 
     fn ensure_leader(&self) -> Result<(), ReplicaError> {

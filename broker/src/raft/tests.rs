@@ -605,3 +605,103 @@ fn a_storage_failure_keeps_its_type_through_openraft() {
     let fatal = Fatal::StorageError(StorageError::write_logs(TypeConfig::err_from_string("x")));
     assert!(matches!(fatal_error(fatal, &none), ReplicaError::Fatal(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_writes_keep_their_order_while_acks_overlap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, network) = (GroupRegistry::new(), Network::default());
+    let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+    let spec = ReplicaSpec::new(9, 1, dir.path(), members).tuning(fast_tuning());
+    let replica = Replica::start(spec, &registry, &network)
+        .await
+        .expect("start");
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    let mut pending = Vec::new();
+    for i in 0..200u64 {
+        pending.push(
+            replica
+                .submit(batch(i, 2), Acks::All)
+                .await
+                .expect("submit"),
+        );
+    }
+    let acks = futures::future::join_all(pending.into_iter().map(|p| replica.complete(p))).await;
+    for (i, w) in acks.into_iter().enumerate() {
+        assert_eq!(
+            w.expect("acked").base_offset,
+            Some(2 * i as u64),
+            "submission order is log order"
+        );
+    }
+    replica.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_snapshots_then_purges_and_the_replica_restarts_from_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (registry, network) = (GroupRegistry::new(), Network::default());
+    let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+    let spec = ReplicaSpec::new(11, 1, dir.path(), members)
+        .log_config(LogConfig {
+            segment_bytes: 4 << 10,
+            retention: RetentionPolicy {
+                max_bytes: Some(16 << 10),
+                max_age: None,
+            },
+            ..small_log()
+        })
+        .tuning(fast_tuning());
+    let replica = Replica::start(spec.clone(), &registry, &network)
+        .await
+        .expect("start");
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    for i in 0..300u64 {
+        replica.write(batch(i, 2), Acks::All).await.expect("write");
+    }
+    assert_eq!(replica.log().start_offset(), 0);
+    assert!(
+        replica
+            .enforce_retention(crate::log::now_ms())
+            .await
+            .expect("retention")
+    );
+    let start = replica.log().start_offset();
+    assert!(start > 0, "old segments went");
+    assert!(
+        replica.log().size() < 24 << 10,
+        "kept about retention.bytes: {}",
+        replica.log().size()
+    );
+    assert!(matches!(
+        replica.log().read(0, 1, 600),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    replica.shutdown().await.expect("shutdown");
+
+    let replica = Replica::start(spec, &registry, &network)
+        .await
+        .expect("restart");
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader again");
+    wait_hw(&replica, 600, Duration::from_secs(5)).await;
+    assert_eq!(replica.log().start_offset(), start);
+    let w = replica
+        .write(batch(300, 1), Acks::All)
+        .await
+        .expect("write after restart");
+    assert_eq!(w.base_offset, Some(600));
+    let read = replica
+        .log()
+        .read(start, usize::MAX, 601)
+        .expect("read from start");
+    assert_eq!(read.next_offset, 601);
+    replica.shutdown().await.expect("shutdown");
+}

@@ -17,15 +17,20 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+
 use super::errors::{self, error};
 use crate::node::Node;
 use crate::partition::Partition;
-use crate::raft::Acks;
+use crate::raft::{Acks, ReplicaError};
 
 /// Replies buffered per stream before the client must read some.
 const REPLY_BUFFER: usize = 1024;
 /// Requests queued per partition lane before the stream stops reading.
 const LANE_DEPTH: usize = 256;
+/// Batches per partition lane submitted to Raft and not yet acknowledged.
+const LANE_IN_FLIGHT: usize = 64;
 /// A produce's deadline when the request names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -128,36 +133,48 @@ fn admit(node: &Node, req: v1::ProduceRequest) -> Result<(Arc<Partition>, Job), 
     ))
 }
 
+/// A partition's lane: submits jobs to Raft strictly in arrival order, keeps up to
+/// [`LANE_IN_FLIGHT`] of them awaiting acknowledgement, and replies in order.
 fn spawn_lane(partition: Arc<Partition>, replies: mpsc::Sender<Reply>) -> mpsc::Sender<Job> {
     let (tx, mut jobs) = mpsc::channel::<Job>(LANE_DEPTH);
     tokio::spawn(async move {
-        while let Some(job) = jobs.recv().await {
-            let written =
-                tokio::time::timeout(job.timeout, partition.replica.write(job.batch, job.acks))
-                    .await;
-            if job.acks == Acks::None {
-                continue;
-            }
-            let reply = match written {
-                Ok(Ok(w)) => v1::ProduceResponse {
-                    correlation_id: job.correlation_id,
-                    base_offset: w.base_offset.unwrap_or_default(),
-                    error: None,
-                },
-                Ok(Err(e)) => failure(job.correlation_id, errors::from_replica(&e)),
-                Err(_) => failure(
-                    job.correlation_id,
-                    error(
-                        ErrorCode::Timeout,
-                        format!(
-                            "not acknowledged within {:?}; the batch may still be written",
-                            job.timeout
-                        ),
-                    ),
-                ),
-            };
-            if replies.send(Ok(reply)).await.is_err() {
-                return;
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                job = jobs.recv(), if open && in_flight.len() < LANE_IN_FLIGHT => {
+                    let Some(job) = job else {
+                        open = false;
+                        continue;
+                    };
+                    let submitted = partition.replica.submit(job.batch, job.acks).await;
+                    let partition = partition.clone();
+                    in_flight.push_back(async move {
+                        let written = match submitted {
+                            Ok(pending) => tokio::time::timeout(job.timeout, partition.replica.complete(pending))
+                                .await
+                                .unwrap_or(Err(ReplicaError::Timeout(job.timeout))),
+                            Err(e) => Err(e),
+                        };
+                        (job.correlation_id, job.acks, written)
+                    });
+                }
+                Some((correlation_id, acks, written)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if acks == Acks::None {
+                        continue;
+                    }
+                    let reply = match written {
+                        Ok(w) => v1::ProduceResponse {
+                            correlation_id,
+                            base_offset: w.base_offset.unwrap_or_default(),
+                            error: None,
+                        },
+                        Err(e) => failure(correlation_id, errors::from_replica(&e)),
+                    };
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
