@@ -74,9 +74,52 @@ fn workloads() -> [(&'static str, Vec<u8>); 2] {
     ]
 }
 
+/// The same bytes written with plain `write(2)` to a file that is replaced every
+/// 128 MiB, as the log's segments are: the machine's own limit, in the same run.
+struct RawWriter {
+    dir: std::path::PathBuf,
+    file: std::fs::File,
+    written: usize,
+    files: usize,
+}
+
+impl RawWriter {
+    fn new(dir: &std::path::Path) -> Self {
+        let file = std::fs::File::create(dir.join("raw-0")).expect("create");
+        Self {
+            dir: dir.to_path_buf(),
+            file,
+            written: 0,
+            files: 0,
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) {
+        use std::io::Write;
+        self.file.write_all(buf).expect("write");
+        self.written += buf.len();
+        if self.written >= 128 << 20 {
+            self.files += 1;
+            let next = self.dir.join(format!("raw-{}", self.files));
+            self.file = std::fs::File::create(&next).expect("create");
+            if self.files >= 4 {
+                let _ = std::fs::remove_file(self.dir.join(format!("raw-{}", self.files - 4)));
+            }
+            self.written = 0;
+        }
+    }
+}
+
 fn append_no_fsync(c: &mut Criterion) {
     let mut g = c.benchmark_group("log-append-no-fsync");
     g.measurement_time(Duration::from_secs(4)).sample_size(20);
+    {
+        let (_, batch) = &workloads()[0];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut raw = RawWriter::new(dir.path());
+        g.throughput(Throughput::Bytes(batch.len() as u64));
+        g.bench_function("baseline-raw-write", |b| b.iter(|| raw.write(batch)));
+    }
     for (name, batch) in workloads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let app = Appender::new(dir.path());
@@ -95,7 +138,22 @@ fn append_group_commit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    for appenders in [1usize, 8, 32] {
+    {
+        // Baseline: 32 × 16 KiB written, then one fdatasync, as a full group would be.
+        let (_, batch) = &workloads()[0];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut raw = RawWriter::new(dir.path());
+        g.throughput(Throughput::Bytes((batch.len() * 32) as u64));
+        g.bench_function("baseline-raw-write-fdatasync/32-writes", |b| {
+            b.iter(|| {
+                for _ in 0..32 {
+                    raw.write(batch);
+                }
+                raw.file.sync_data().expect("fdatasync");
+            })
+        });
+    }
+    for appenders in [1usize, 8, 32, 128] {
         let (name, batch) = &workloads()[0];
         let batch = Arc::new(batch.clone());
         let dir = tempfile::tempdir().expect("tempdir");
