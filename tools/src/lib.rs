@@ -2,7 +2,8 @@
 //! [`run`] is the whole program, [`run_with`] runs it on given arguments and I/O so
 //! tests can drive it.
 //!
-//! - `cmd/`: one module per command group (`topic`, `produce`, `consume`, `cluster`);
+//! - `cmd/`: one module per command group (`topic`, `produce`, `consume`, `cluster`,
+//!   `perf`);
 //! - [`output`]: tables, JSON and record formats;
 //! - [`args`]: value parsers (timestamps, durations, `key=value`).
 //!
@@ -68,6 +69,9 @@ pub enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
+    /// Benchmark producing, consuming and end-to-end latency.
+    #[command(subcommand)]
+    Perf(cmd::perf::PerfCommand),
 }
 
 /// Where a command reads and writes.
@@ -161,6 +165,7 @@ pub async fn execute(cli: Cli, io: &mut Io) -> anyhow::Result<()> {
         Command::Produce(a) => cmd::produce::run(a, &global, io).await,
         Command::Consume(a) => cmd::consume::run(a, &global, io).await,
         Command::Cluster(c) => cmd::cluster::run(c, &global, io).await,
+        Command::Perf(c) => cmd::perf::run(c, &global, io).await,
     }
 }
 

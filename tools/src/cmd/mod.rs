@@ -1,8 +1,9 @@
-//! One module per command group: `topic`, `produce`, `consume`, `cluster`. Each has
-//! its clap arguments and an async `run` that talks to the cluster through
+//! One module per command group: `topic`, `produce`, `consume`, `cluster`, `perf`.
+//! Each has its clap arguments and an async `run` that talks to the cluster through
 //! `sluice-client` and renders with [`crate::output`].
 
 pub mod cluster;
 pub mod consume;
+pub mod perf;
 pub mod produce;
 pub mod topic;
