@@ -27,8 +27,17 @@ use crate::raft::{GroupRegistry, Network, NetworkOptions, RaftService, RaftTunin
 use crate::server::MAX_MESSAGE_BYTES;
 use crate::server::client_api::{ClientApi, not_found};
 
+/// HTTP/2 flow-control windows of one stream and of one connection.
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
 /// How often retention and segment ageing run.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a stopping broker waits for open requests once its replicas are down.
+/// Streams that clients keep open (produce, follow-fetch) never end by themselves,
+/// and with the replicas stopped there is nothing left for them to do.
+const SERVER_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -150,6 +159,10 @@ impl Broker {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    // HTTP/2's default 64 KiB windows cap a produce stream at one batch per
+                    // round trip of window updates; give each stream room for many batches.
+                    .initial_stream_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
                     .add_service(api)
                     .add_service(raft)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
@@ -203,18 +216,21 @@ impl Broker {
         &self.node
     }
 
-    /// Stops serving, then stops every replica. Everything acknowledged is on disk
-    /// already; this only makes the stop quick and quiet.
+    /// Stops taking requests, stops every replica, then lets the server drain.
+    /// Everything acknowledged is on disk already; this only makes the stop quick and
+    /// quiet. Replicas stop before the drain (up to [`SERVER_DRAIN`]) so that the
+    /// groups this broker leads elect new leaders at once instead of being kept,
+    /// unreachable, by its heartbeats.
     pub async fn shutdown(self) {
         let _ = self.stop_server.send(());
         self.housekeeping.abort();
-        match tokio::time::timeout(Duration::from_secs(5), self.server).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
-            Err(_) => tracing::warn!("server did not stop within 5 s"),
-            _ => {}
-        }
         self.node.partitions.shutdown().await;
         self.node.controller.shutdown_replica().await;
+        match tokio::time::timeout(SERVER_DRAIN, self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Err(_) => tracing::info!("closing client streams still open after {SERVER_DRAIN:?}"),
+            _ => {}
+        }
         tracing::info!("broker stopped");
     }
 }

@@ -145,3 +145,87 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A cluster of broker processes on pre-picked free ports, each with its own data
+/// directory under `root`, all listed in every broker's `--peers`. Every process is
+/// killed when the cluster is dropped.
+pub struct Cluster {
+    pub brokers: Vec<BrokerProcess>,
+}
+
+impl Cluster {
+    /// Starts `n` brokers (ids 1..=n) at once, so the controller can elect while
+    /// they come up, and returns when every one is listening.
+    pub fn start(program: impl Into<PathBuf>, root: &Path, n: usize) -> Self {
+        let mut cluster = Self::new(program, root, n);
+        cluster.start_stopped();
+        cluster
+    }
+
+    /// `n` brokers (ids 1..=n) configured as one cluster, none started yet: start
+    /// them, or some of them, with [`Cluster::start_stopped`] / [`BrokerProcess::restart`].
+    pub fn new(program: impl Into<PathBuf>, root: &Path, n: usize) -> Self {
+        let program = program.into();
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| BrokerProcess {
+                child: None,
+                program: program.clone(),
+                node_id: i as u64 + 1,
+                addr: addr.clone(),
+                data_dir: root.join(format!("b{}", i + 1)),
+                extra_args: vec!["--peers".into(), peers.clone()],
+            })
+            .collect();
+        Self { brokers }
+    }
+
+    /// Every broker's client address, for a bootstrap list.
+    pub fn addrs(&self) -> Vec<String> {
+        self.brokers.iter().map(|b| b.addr.clone()).collect()
+    }
+
+    /// The broker with id `id`.
+    pub fn broker(&mut self, id: u64) -> &mut BrokerProcess {
+        self.brokers
+            .iter_mut()
+            .find(|b| b.node_id == id)
+            .expect("no broker with that id")
+    }
+
+    /// Restarts every broker that is not running, all at once.
+    pub fn start_stopped(&mut self) {
+        let ids: Vec<u64> = self.brokers.iter().map(|b| b.node_id).collect();
+        self.start_some(&ids);
+    }
+
+    /// Starts those of the brokers `ids` that are not running, all at once, and
+    /// returns when each is listening.
+    pub fn start_some(&mut self, ids: &[u64]) {
+        std::thread::scope(|s| {
+            for b in self.brokers.iter_mut() {
+                if ids.contains(&b.node_id) && !b.is_running() {
+                    s.spawn(move || b.spawn());
+                }
+            }
+        });
+    }
+
+    /// Every broker's log, for assertion messages.
+    pub fn logs(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| format!("===== broker {} =====\n{}", b.node_id, b.log()))
+            .collect()
+    }
+}

@@ -110,6 +110,8 @@ pub struct Segment {
     activated_at: Instant,
     index_interval: u64,
     map_len_hint: u64,
+    /// Bytes already handed to the kernel's writeback (see `start_writeback`).
+    written_back: u64,
 }
 
 /// The zero-padded file stem of a segment: 20 digits, as Kafka names them.
@@ -159,6 +161,7 @@ impl Segment {
             activated_at: Instant::now(),
             index_interval,
             map_len_hint: segment_bytes,
+            written_back: 0,
         })
     }
 
@@ -239,6 +242,7 @@ impl Segment {
             activated_at: Instant::now(),
             index_interval,
             map_len_hint: segment_bytes,
+            written_back: 0,
         };
         let from = match start {
             Some((entry, offsets, times)) => {
@@ -445,7 +449,30 @@ impl Segment {
         }
         self.size = position;
         self.file_len = self.file_len.max(position);
+        self.start_writeback();
         Ok(total)
+    }
+
+    /// Asks the kernel to start writing recent appends to disk without waiting for
+    /// it, so that dirty pages never pile up: the fsync of a group commit or of a
+    /// segment roll then finds little left to write, instead of stalling appends
+    /// while a whole segment goes to disk.
+    fn start_writeback(&mut self) {
+        const WRITEBACK_CHUNK: u64 = 4 << 20;
+        let pending = self.size.saturating_sub(self.written_back);
+        if pending < WRITEBACK_CHUNK {
+            return;
+        }
+        // SAFETY: plain syscall on a valid descriptor. Failure only loses the hint.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.written_back as libc::off64_t,
+                pending as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.written_back = self.size;
     }
 
     /// Puts the segment back as it was before a failed append. The failed bytes were
@@ -515,6 +542,7 @@ impl Segment {
         punch_hole(&self.file, cut, self.file_len - cut)
             .map_err(|e| LogError::io("truncate", &*self.log_path, e))?;
         self.size = cut;
+        self.written_back = self.written_back.min(cut);
         self.tail = tail;
         if cut == 0 {
             self.first_id = None;

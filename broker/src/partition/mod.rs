@@ -156,9 +156,13 @@ impl PartitionManager {
             })
             .collect();
         let dir = self.partition_dir(&key.0, key.1, group_id);
-        let spec = ReplicaSpec::new(group_id, self.node_id, &dir, members)
+        let mut spec = ReplicaSpec::new(group_id, self.node_id, &dir, members)
             .log_config(config.log.clone())
             .tuning(self.tuning.clone());
+        // The metadata's first replica is the preferred leader: spreading it spreads load.
+        if let Some(&first) = replicas.first() {
+            spec = spec.preferred_leader(first);
+        }
         let replica = Replica::start(spec, &self.registry, &self.network)
             .await
             .map_err(|e| e.to_string())?;

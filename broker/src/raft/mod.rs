@@ -196,8 +196,11 @@ pub struct ReplicaSpec {
     /// The group's directory: the log in `log/`, `raft-meta`, `sm-state`.
     pub dir: PathBuf,
     pub log_config: LogConfig,
-    /// The initial voters; the lowest id initializes a brand-new group.
+    /// The initial voters of a brand-new group.
     pub members: BTreeMap<NodeId, BasicNode>,
+    /// The member that initializes a brand-new group at once (and so, normally, leads
+    /// it first); default the lowest id. See [`ReplicaSpec::preferred_leader`].
+    pub preferred_leader: Option<NodeId>,
     /// Called with every applied data batch, in log order (the controller's metadata).
     pub hook: Option<ApplyHook>,
     pub tuning: RaftTuning,
@@ -216,9 +219,20 @@ impl ReplicaSpec {
             dir: dir.into(),
             log_config: LogConfig::default(),
             members,
+            preferred_leader: None,
             hook: None,
             tuning: RaftTuning::default(),
         }
+    }
+
+    /// Which member forms a brand-new group: it initializes at once; every other
+    /// member initializes too, with the same voters, if the group has still not
+    /// reached it [`INIT_FALLBACK`] × its rank later (preferred first, then by id), so
+    /// a group forms even when its preferred leader is down at creation. openraft
+    /// allows several members to initialize with an identical membership.
+    pub fn preferred_leader(mut self, id: NodeId) -> Self {
+        self.preferred_leader = Some(id);
+        self
     }
 
     pub fn log_config(mut self, config: LogConfig) -> Self {
@@ -264,7 +278,8 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// Opens the group's log and state in `spec.dir`, starts its Raft node, registers it
     /// for incoming RPCs, and, if the group is brand new here and this broker has the
-    /// lowest id of `spec.members`, initializes the group with those members.
+    /// first in line (see [`ReplicaSpec::preferred_leader`]), initializes the group with
+    /// `spec.members`; later members do so after a delay if the group has not formed.
     pub async fn start(
         spec: ReplicaSpec,
         registry: &GroupRegistry,
@@ -276,6 +291,7 @@ impl Replica {
             dir,
             log_config,
             members,
+            preferred_leader,
             hook,
             tuning,
         } = spec;
@@ -325,7 +341,26 @@ impl Replica {
             registry: registry.clone(),
             write_timeout: tuning.write_timeout,
         };
-        if fresh && members.keys().next() == Some(&node_id) {
+        let rank = fresh
+            .then(|| init_order(&members, preferred_leader))
+            .and_then(|order| order.iter().position(|&id| id == node_id));
+        if let Some(rank) = rank.filter(|&r| r > 0) {
+            // Not first in line: form the group only if nobody else has by then.
+            let (raft, members) = (replica.raft.clone(), members.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(INIT_FALLBACK * rank as u32).await;
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(
+                        group_id,
+                        node_id,
+                        "formed the group: members ahead of this one did not"
+                    ),
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => tracing::debug!(group_id, error = %e, "fallback initialize"),
+                }
+            });
+        }
+        if rank == Some(0) {
             match replica.raft.initialize(members).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => {
@@ -616,6 +651,20 @@ impl Replica {
         tracing::info!(group_id = self.group_id, "replica stopped");
         Ok(())
     }
+}
+
+/// How long each member after the first in line waits before it forms a new group
+/// itself (see [`ReplicaSpec::preferred_leader`]).
+pub const INIT_FALLBACK: Duration = Duration::from_millis(1500);
+
+/// Members in the order they may initialize a new group: the preferred leader (if a
+/// member), then the rest by id.
+fn init_order(members: &BTreeMap<NodeId, BasicNode>, preferred: Option<NodeId>) -> Vec<NodeId> {
+    let first = preferred.filter(|p| members.contains_key(p));
+    first
+        .into_iter()
+        .chain(members.keys().copied().filter(|&id| Some(id) != first))
+        .collect()
 }
 
 fn fatal_error(f: Fatal<TypeConfig>, failure: &StorageFailure) -> ReplicaError {

@@ -705,3 +705,15 @@ async fn retention_snapshots_then_purges_and_the_replica_restarts_from_there() {
     assert_eq!(read.next_offset, 601);
     replica.shutdown().await.expect("shutdown");
 }
+
+#[test]
+fn the_preferred_leader_forms_a_new_group_first_then_the_rest_by_id() {
+    let members: BTreeMap<NodeId, BasicNode> = [3, 1, 2]
+        .into_iter()
+        .map(|id| (id, BasicNode::new(format!("127.0.0.1:{id}"))))
+        .collect();
+    assert_eq!(init_order(&members, None), [1, 2, 3]);
+    assert_eq!(init_order(&members, Some(2)), [2, 1, 3]);
+    // A preferred leader that is not a member changes nothing.
+    assert_eq!(init_order(&members, Some(9)), [1, 2, 3]);
+}

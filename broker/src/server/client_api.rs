@@ -15,6 +15,7 @@ use sluice_proto::v1::{self, ErrorCode, list_offsets_request::Spec, sluice_serve
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors;
+use super::peers::{FORWARDED, Peers};
 use super::{fetch, produce};
 use crate::metadata::MetadataCommand;
 use crate::node::Node;
@@ -24,12 +25,16 @@ const CREATE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct ClientApi {
     node: Arc<OnceLock<Arc<Node>>>,
+    peers: Arc<Peers>,
 }
 
 impl ClientApi {
     /// Serves once `node` is set; until then every call gets `UNAVAILABLE`.
     pub fn new(node: Arc<OnceLock<Arc<Node>>>) -> Self {
-        Self { node }
+        Self {
+            node,
+            peers: Arc::default(),
+        }
     }
 
     fn node(&self) -> Result<Arc<Node>, Status> {
@@ -37,6 +42,75 @@ impl ClientApi {
             .get()
             .cloned()
             .ok_or_else(|| Status::unavailable("the broker is starting; retry shortly"))
+    }
+}
+
+impl ClientApi {
+    /// Waits until every partition of `topic` has a leader, here or (as the brokers
+    /// hosting them say) elsewhere, so a client can produce as soon as a create returns.
+    async fn wait_for_leaders(&self, node: &Node, topic: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        node.wait_for_local_leaders(topic, timeout).await;
+        loop {
+            let state = node.controller.state();
+            let remote: Vec<u32> = state
+                .topic(topic)
+                .map(|t| t.partitions.len() as u32)
+                .map(|n| {
+                    (0..n)
+                        .filter(|&p| node.partitions.get(topic, p).is_none())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if remote.is_empty() {
+                return;
+            }
+            let found = self
+                .peers
+                .describe(&state, node.node_id, topic, &remote)
+                .await;
+            if remote.iter().all(|p| found.contains_key(p))
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fills in the leaders of partitions not hosted here, from brokers hosting them.
+    async fn fill_remote_leaders(&self, node: &Node, topics: &mut [v1::TopicMetadata]) {
+        let state = node.controller.state();
+        let asks = topics.iter().filter_map(|t| {
+            let remote: Vec<u32> = t
+                .partitions
+                .iter()
+                .filter(|p| node.partitions.get(&t.name, p.partition).is_none())
+                .map(|p| p.partition)
+                .collect();
+            (!remote.is_empty()).then(|| {
+                let (state, name) = (state.clone(), t.name.clone());
+                async move {
+                    let found = self
+                        .peers
+                        .describe(&state, node.node_id, &name, &remote)
+                        .await;
+                    (name, found)
+                }
+            })
+        });
+        let found: BTreeMap<String, _> =
+            futures::future::join_all(asks).await.into_iter().collect();
+        for t in topics.iter_mut() {
+            let Some(found) = found.get(&t.name) else {
+                continue;
+            };
+            for p in t.partitions.iter_mut() {
+                if let Some(d) = found.get(&p.partition) {
+                    p.leader = d.leader;
+                }
+            }
+        }
     }
 }
 
@@ -66,7 +140,7 @@ impl Sluice for ClientApi {
         };
         let error = match node.controller.propose(cmd).await {
             Ok(()) => {
-                node.wait_for_local_leaders(&req.name, CREATE_WAIT).await;
+                self.wait_for_leaders(&node, &req.name, CREATE_WAIT).await;
                 None
             }
             Err(e) => Some(errors::from_controller(&e)),
@@ -115,6 +189,7 @@ impl Sluice for ClientApi {
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
         let node = self.node()?;
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let name = request.into_inner().name;
         let state = node.controller.state();
         let Ok(topic) = state.topic(&name) else {
@@ -124,7 +199,7 @@ impl Sluice for ClientApi {
                 ..Default::default()
             }));
         };
-        let partitions = topic
+        let mut partitions: Vec<v1::PartitionDescription> = topic
             .partitions
             .iter()
             .enumerate()
@@ -145,6 +220,24 @@ impl Sluice for ClientApi {
                 d
             })
             .collect();
+        // Partitions without a replica here: ask brokers that have one.
+        let remote: Vec<u32> = (0..partitions.len() as u32)
+            .filter(|&p| node.partitions.get(&name, p).is_none())
+            .collect();
+        if !forwarded && !remote.is_empty() {
+            let found = self
+                .peers
+                .describe(&state, node.node_id, &name, &remote)
+                .await;
+            for d in partitions.iter_mut() {
+                if let Some(r) = found.get(&d.partition) {
+                    *d = v1::PartitionDescription {
+                        replicas: std::mem::take(&mut d.replicas),
+                        ..r.clone()
+                    };
+                }
+            }
+        }
         Ok(Response::new(v1::DescribeTopicResponse {
             name: topic.name.clone(),
             replication_factor: topic.replication_factor,
@@ -166,7 +259,7 @@ impl Sluice for ClientApi {
         };
         let error = match node.controller.propose(cmd).await {
             Ok(()) => {
-                node.wait_for_local_leaders(&req.name, CREATE_WAIT).await;
+                self.wait_for_leaders(&node, &req.name, CREATE_WAIT).await;
                 None
             }
             Err(e) => Some(errors::from_controller(&e)),
@@ -179,6 +272,7 @@ impl Sluice for ClientApi {
         request: Request<v1::MetadataRequest>,
     ) -> Result<Response<v1::MetadataResponse>, Status> {
         let node = self.node()?;
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let wanted = request.into_inner().topics;
         let state = node.controller.state();
         let names: Vec<String> = if wanted.is_empty() {
@@ -186,7 +280,7 @@ impl Sluice for ClientApi {
         } else {
             wanted
         };
-        let topics = names
+        let mut topics: Vec<v1::TopicMetadata> = names
             .into_iter()
             .map(|name| match state.topic(&name) {
                 Ok(t) => v1::TopicMetadata {
@@ -214,6 +308,9 @@ impl Sluice for ClientApi {
                 },
             })
             .collect();
+        if !forwarded {
+            self.fill_remote_leaders(&node, &mut topics).await;
+        }
         Ok(Response::new(v1::MetadataResponse {
             brokers: state
                 .brokers

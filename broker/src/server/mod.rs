@@ -3,12 +3,14 @@
 //! - [`client_api`]: `sluice.v1.Sluice` (topics, metadata, offsets).
 //! - [`produce`] and [`fetch`]: the two streaming calls.
 //! - [`errors`]: typed broker errors → API error codes.
+//! - [`peers`]: leaders of partitions not hosted here, asked of brokers hosting them.
 //!
 //! Only this module knows gRPC types; it converts at the edge and calls into the node.
 
 pub mod client_api;
 pub mod errors;
 pub mod fetch;
+pub mod peers;
 pub mod produce;
 
 /// Largest gRPC message accepted or sent: a batch of `max.message.bytes` or a fetch
