@@ -20,10 +20,11 @@ pub struct GroupCommit {
     sync_lock: tokio::sync::Mutex<()>,
 }
 
-/// What a sync covers: everything written up to `target`, all in `file`.
+/// What a sync covers: everything written up to `target`, all in `files` (the
+/// segment sealed last, if it may be unsynced, then the active one).
 pub struct SyncPlan {
     pub target: Ticket,
-    pub file: Arc<File>,
+    pub files: Vec<Arc<File>>,
 }
 
 impl GroupCommit {
@@ -39,6 +40,10 @@ impl GroupCommit {
 
     /// Records that everything up to `ticket` is durable by other means (a segment
     /// sealed with its own fsync, a truncation).
+    pub fn durable(&self) -> Ticket {
+        self.durable.load(Ordering::Acquire)
+    }
+
     pub fn mark_durable(&self, ticket: Ticket) {
         self.durable.fetch_max(ticket, Ordering::AcqRel);
     }
@@ -60,10 +65,11 @@ impl GroupCommit {
         if self.is_durable(ticket) {
             return Ok(());
         }
-        let SyncPlan { target, file } = plan();
-        let synced = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        let SyncPlan { target, files } = plan();
+        let synced =
+            tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
         match synced {
             Ok(()) => {
                 self.mark_durable(target);

@@ -112,6 +112,20 @@ pub struct Segment {
     map_len_hint: u64,
     /// Bytes already handed to the kernel's writeback (see `start_writeback`).
     written_back: u64,
+    /// Recovery cut off an incomplete or corrupt tail.
+    torn_tail: bool,
+}
+
+/// How recovery treats a segment's tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The last segment: a torn tail is expected after a crash and cut off.
+    Active,
+    /// The segment sealed last, whose fsync may not have finished before a crash: a
+    /// torn tail is cut off and reported ([`Segment::torn_tail`]).
+    SealedMaybeUnsynced,
+    /// Older segments were synced before the next roll: anything invalid is corruption.
+    Sealed,
 }
 
 /// The zero-padded file stem of a segment: 20 digits, as Kafka names them.
@@ -162,6 +176,7 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
+            torn_tail: false,
         })
     }
 
@@ -177,10 +192,11 @@ impl Segment {
         dir: &Path,
         base_offset: u64,
         prev: Option<Tail>,
-        active: bool,
+        role: Role,
         segment_bytes: u64,
         index_interval: u64,
     ) -> Result<Self, LogError> {
+        let active = role == Role::Active;
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
         let index_path = dir.join(format!("{stem}.index"));
@@ -243,6 +259,7 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
+            torn_tail: false,
         };
         let from = match start {
             Some((entry, offsets, times)) => {
@@ -279,15 +296,18 @@ impl Segment {
         seg.size = end as u64;
         if end < data.len() {
             let rest = &data[end..];
-            if active {
+            let zeros = rest.iter().all(|&b| b == 0);
+            if role == Role::Sealed && !zeros {
+                return Err(seg.corrupt(end as u64, "invalid frame inside a sealed segment"));
+            }
+            if !zeros {
                 tracing::warn!(
                     segment = %seg.log_path.display(),
                     valid = end,
                     dropped = rest.len(),
                     "truncating an incomplete or corrupt tail"
                 );
-            } else if rest.iter().any(|&b| b != 0) {
-                return Err(seg.corrupt(end as u64, "invalid frame inside a sealed segment"));
+                seg.torn_tail = true;
             }
             drop(data);
             seg.file
@@ -496,11 +516,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes the segment durable and read-only: file synced, indexes synced and mapped.
+    /// Makes the segment read-only: indexes synced and mapped. The frames are not
+    /// synced here; the log's group commit covers the segment sealed last.
     pub fn seal(&mut self) -> Result<(), LogError> {
-        self.file
-            .sync_data()
-            .map_err(|e| LogError::io("fsync", &*self.log_path, e))?;
         self.index
             .seal(&self.index_path)
             .map_err(|e| LogError::io("seal index", &self.index_path, e))?;
@@ -668,6 +686,11 @@ impl Segment {
 
     pub fn first_id(&self) -> Option<EntryId> {
         self.first_id
+    }
+
+    /// Whether recovery cut off an incomplete or corrupt tail.
+    pub fn torn_tail(&self) -> bool {
+        self.torn_tail
     }
 
     pub fn age(&self) -> std::time::Duration {

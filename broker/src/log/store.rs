@@ -8,9 +8,10 @@
 //! offsets are dense (a data entry's base offset is the previous next offset); the
 //! last segment is the only one written to; at least one segment always exists.
 
+use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use super::config::LogConfig;
 use super::frame::{EntryId, Frame};
 use super::reader::{self, ReadBatches};
 use super::retention::{self, SegmentStats};
-use super::segment::{NewEntry, Segment, SegmentView, Tail};
+use super::segment::{NewEntry, Role, Segment, SegmentView, Tail};
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,10 @@ struct Inner {
     segments: Vec<Segment>,
     /// Bytes appended by this process: the ticket counter.
     written: Ticket,
+    /// The segment sealed last, until a sync covers it, with the ticket at its seal.
+    /// At most one: a roll syncs the previous one first, so recovery only ever finds
+    /// a torn tail in the last two segments.
+    unsynced: Option<(Ticket, Arc<File>)>,
 }
 
 impl Inner {
@@ -69,7 +74,10 @@ impl Log {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create log dir", &dir, e))?;
         let bases = segment_bases(&dir)?;
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
-        for (i, &base) in bases.iter().enumerate() {
+        let mut bases = bases;
+        let mut i = 0;
+        while i < bases.len() {
+            let base = bases[i];
             let prev = segments.last().map(Segment::tail);
             if let Some(p) = prev
                 && p.next_offset != base
@@ -83,15 +91,40 @@ impl Log {
                     ),
                 });
             }
-            let active = i + 1 == bases.len();
-            segments.push(Segment::open(
-                &dir,
-                base,
-                prev,
-                active,
-                config.segment_bytes,
-                config.index_interval_bytes,
-            )?);
+            let role = match bases.len() - i {
+                1 => Role::Active,
+                2 => Role::SealedMaybeUnsynced,
+                _ => Role::Sealed,
+            };
+            let open = |role| {
+                Segment::open(
+                    &dir,
+                    base,
+                    prev,
+                    role,
+                    config.segment_bytes,
+                    config.index_interval_bytes,
+                )
+            };
+            let mut seg = open(role)?;
+            if role == Role::SealedMaybeUnsynced && seg.torn_tail() {
+                // Its sync never finished, so nothing after it was acknowledged either:
+                // the last segment goes, and this one becomes the active segment again.
+                drop(seg);
+                let last = bases.pop().unwrap_or(base);
+                for ext in ["log", "index", "timeindex"] {
+                    let path = dir.join(format!("{}.{ext}", super::segment::file_stem(last)));
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(LogError::io("delete segment", path, e));
+                    }
+                }
+                tracing::warn!(dir = %dir.display(), segment = last, "dropped the segment after a torn sealed segment");
+                seg = open(Role::Active)?;
+            }
+            segments.push(seg);
+            i += 1;
         }
         if segments.is_empty() {
             segments.push(Segment::create(
@@ -108,6 +141,7 @@ impl Log {
             inner: Mutex::new(Inner {
                 segments,
                 written: 0,
+                unsynced: None,
             }),
             commit: GroupCommit::default(),
         })
@@ -179,9 +213,16 @@ impl Log {
 
     fn roll(&self, inner: &mut Inner) -> Result<(), LogError> {
         let tail = inner.active().tail();
+        // At most one sealed segment waits for a sync (see `Inner::unsynced`). Early
+        // writeback has had a whole segment's time to write it, so this is quick.
+        if let Some((ticket, file)) = inner.unsynced.take()
+            && !self.commit.is_durable(ticket)
+        {
+            file.sync_data()
+                .map_err(|e| LogError::io("fsync", inner.active().path(), e))?;
+        }
         inner.active_mut().seal()?;
-        // Everything so far is in the sealed segment, now synced.
-        self.commit.mark_durable(inner.written);
+        inner.unsynced = Some((inner.written, inner.active().file().clone()));
         let next = Segment::create(
             &self.dir,
             tail,
@@ -214,24 +255,43 @@ impl Log {
     pub async fn flush(&self, ticket: Ticket) -> Result<(), LogError> {
         self.commit
             .wait(ticket, || {
-                let inner = self.lock();
+                let mut inner = self.lock();
                 SyncPlan {
                     target: inner.written,
-                    file: inner.active().file().clone(),
+                    files: self.files_to_sync(&mut inner),
                 }
             })
             .await
             .map_err(|e| LogError::io("fsync", &self.dir, e))
     }
 
+    /// The files a sync must cover now: the segment sealed last while a sync may
+    /// not have covered it, then the active segment.
+    fn files_to_sync(&self, inner: &mut Inner) -> Vec<Arc<File>> {
+        if inner
+            .unsynced
+            .as_ref()
+            .is_some_and(|(ticket, _)| self.commit.is_durable(*ticket))
+        {
+            inner.unsynced = None;
+        }
+        let mut files: Vec<Arc<File>> = inner.unsynced.iter().map(|(_, f)| f.clone()).collect();
+        files.push(inner.active().file().clone());
+        files
+    }
+
     /// Makes everything appended so far durable, blocking the calling thread.
     pub fn sync(&self) -> Result<(), LogError> {
-        let inner = self.lock();
-        let active = inner.active();
-        active
-            .file()
-            .sync_data()
-            .map_err(|e| LogError::io("fsync", active.path(), e))?;
+        let mut inner = self.lock();
+        self.sync_locked(&mut inner)
+    }
+
+    fn sync_locked(&self, inner: &mut Inner) -> Result<(), LogError> {
+        for file in self.files_to_sync(inner) {
+            file.sync_data()
+                .map_err(|e| LogError::io("fsync", inner.active().path(), e))?;
+        }
+        inner.unsynced = None;
         self.commit.mark_durable(inner.written);
         Ok(())
     }
@@ -335,9 +395,7 @@ impl Log {
         };
         inner.active_mut().truncate_after(keep, prev)?;
         sync_dir(&self.dir)?;
-        let written = inner.written;
-        self.commit.mark_durable(written);
-        Ok(())
+        self.sync_locked(&mut inner)
     }
 
     /// The offset the next data entry got after the entry with Raft index `index`,
@@ -375,10 +433,9 @@ impl Log {
             self.config.index_interval_bytes,
         )?;
         inner.segments.push(fresh);
+        inner.unsynced = None;
         sync_dir(&self.dir)?;
-        let written = inner.written;
-        self.commit.mark_durable(written);
-        Ok(())
+        self.sync_locked(&mut inner)
     }
 
     /// Deletes whole segments whose entries all have Raft indexes at or below

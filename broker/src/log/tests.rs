@@ -617,3 +617,70 @@ fn reset_starts_an_empty_log_at_the_given_offset() {
     assert_eq!((log.start_offset(), log.next_offset()), (9000, 9002));
     assert_eq!(log.segment_base_offsets(), vec![9000]);
 }
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .expect("readdir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+#[test]
+fn torn_tail_in_the_segment_sealed_last_drops_the_segment_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), small_config()).expect("open");
+        fill(&log, 40, 1, 300);
+        log.sync().expect("sync");
+    }
+    let logs = segment_files(dir.path());
+    assert!(logs.len() >= 3);
+    // As if the crash came before the fsync of the segment sealed last finished.
+    let sealed_last = &logs[logs.len() - 2];
+    let len = std::fs::metadata(sealed_last).expect("stat").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(sealed_last)
+        .expect("open");
+    file.set_len(len - 10).expect("tear");
+    drop(file);
+    let log = Log::open(dir.path(), small_config()).expect("recover");
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        logs.len() - 1,
+        "the last segment went"
+    );
+    let headers = read_all(&log);
+    let bases: Vec<i64> = headers.iter().map(|h| h.base_offset).collect();
+    assert_eq!(
+        bases,
+        (0..bases.len() as i64).collect::<Vec<_>>(),
+        "no holes"
+    );
+    assert_eq!(log.next_offset(), bases.len() as u64);
+    assert_eq!(log.last_id().map(|id| id.index), Some(bases.len() as u64));
+    fill(&log, 5, 1, 300);
+    assert_eq!(log.next_offset(), bases.len() as u64 + 5);
+}
+
+#[test]
+fn garbage_after_the_frames_of_an_older_segment_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), small_config()).expect("open");
+        fill(&log, 40, 1, 300);
+    }
+    let logs = segment_files(dir.path());
+    let older = &logs[logs.len() - 3];
+    let mut bytes = std::fs::read(older).expect("read");
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x55;
+    std::fs::write(older, bytes).expect("write");
+    assert!(matches!(
+        Log::open(dir.path(), small_config()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
