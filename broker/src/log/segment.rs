@@ -65,7 +65,7 @@ impl Tail {
     /// and a data batch starting at the next offset when `base_offset` is given.
     pub fn check_next(&self, id: EntryId) -> Result<(), LogError> {
         if let Some(last) = self.last_id {
-            if id.index != last.index + 1 {
+            if last.index.checked_add(1) != Some(id.index) {
                 return Err(LogError::NotContiguous {
                     last: last.index,
                     got: id.index,

@@ -1,0 +1,164 @@
+//! Replays the seed and fuzzer-found corpora of the `frame_parse`, `log_recovery` and
+//! `index_load` fuzz targets (`fuzz/corpus/<target>/`) through the same checks the
+//! targets run (`fuzz/checks/broker.rs`), so the normal test suite covers them without
+//! libFuzzer.
+//!
+//! `cargo test -p sluice-broker --test fuzz_corpus -- --ignored write_seed_corpora`
+//! rewrites the hand-made seeds (files named `seed-*`).
+
+#[path = "../../fuzz/checks/broker.rs"]
+mod checks;
+
+use std::path::PathBuf;
+
+use sluice_broker::log::{EntryId, EntryKind, Log, LogConfig, NewEntry};
+use sluice_proto::batch::{BatchBuilder, Compression};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Runs `check` on every file of a target's corpus; returns how many there were.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for path in &files {
+        let data = std::fs::read(path).expect("read corpus file");
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "{target}: {} fails", path.display());
+    }
+    files.len()
+}
+
+#[test]
+fn frame_parse_corpus_replays() {
+    assert!(replay("frame_parse", checks::frame_parse) > 0);
+}
+
+#[test]
+fn log_recovery_corpus_replays() {
+    assert!(replay("log_recovery", checks::log_recovery) > 0);
+}
+
+#[test]
+fn index_load_corpus_replays() {
+    assert!(replay("index_load", checks::index_load) > 0);
+}
+
+fn batch(records: usize, timestamp: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..records {
+        let value = format!("value-{i}");
+        b.append(
+            timestamp + i as i64,
+            Some(b"k"),
+            Some(value.as_bytes()),
+            &[],
+        )
+        .expect("append");
+    }
+    b.build().to_vec()
+}
+
+/// A small log written by `Log::append`: its `.log`, `.index` and `.timeindex` bytes.
+fn small_log(index_interval_bytes: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        index_interval_bytes,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config).expect("open");
+    let batches: Vec<Vec<u8>> = (0..6).map(|i| batch(1 + i % 3, 1_000 * i as i64)).collect();
+    let mut entries = vec![NewEntry {
+        id: EntryId { term: 1, index: 1 },
+        kind: EntryKind::Blank,
+        payload: &[],
+    }];
+    for (i, b) in batches.iter().enumerate() {
+        entries.push(NewEntry {
+            id: EntryId {
+                term: 1 + i as u64 / 3,
+                index: 2 + i as u64,
+            },
+            kind: EntryKind::Data,
+            payload: b,
+        });
+    }
+    entries.push(NewEntry {
+        id: EntryId { term: 2, index: 8 },
+        kind: EntryKind::Membership,
+        payload: b"membership",
+    });
+    log.append(&entries).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let stem = dir.path().join(checks::SEGMENT_STEM);
+    let read = |ext| std::fs::read(stem.with_extension(ext)).expect("read segment file");
+    (read("log"), read("index"), read("timeindex"))
+}
+
+#[test]
+#[ignore = "writes the seed corpora; run by hand"]
+fn write_seed_corpora() {
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+    };
+    let (log, index, time_index) = small_log(64);
+    write("frame_parse", "log", &log);
+    write("index_load", "index", &index);
+    write("index_load", "timeindex", &time_index);
+    // mode bit 0: write the indexes; bits 1..4: interval 16 << 2 = 64.
+    let with_indexes = checks::join_recovery_input(0b101, &log, &index, &time_index);
+    write("log_recovery", "log-with-indexes", &with_indexes);
+    write(
+        "log_recovery",
+        "log-no-indexes",
+        &checks::join_recovery_input(0b100, &log, &[], &[]),
+    );
+    let torn = &log[..log.len() - 7];
+    write(
+        "log_recovery",
+        "torn-tail",
+        &checks::join_recovery_input(0b101, torn, &index, &time_index),
+    );
+    let (log1, index1, time_index1) = small_log(1 << 20);
+    write(
+        "log_recovery",
+        "log-sparse-index",
+        &checks::join_recovery_input(0b1, &log1, &index1, &time_index1),
+    );
+}
+
+/// Found by `log_recovery`: recovery computed `last.index + 1` for a frame following
+/// one with Raft index `u64::MAX`, which overflowed (a panic with overflow checks, and
+/// in release a wrap that took index 0 as contiguous). That frame now ends the log.
+#[test]
+fn recovery_stops_at_a_frame_after_raft_index_u64_max() {
+    use sluice_broker::log::frame::encode_header;
+    let mut log = Vec::new();
+    for index in [u64::MAX, 0] {
+        let id = EntryId { term: 1, index };
+        log.extend_from_slice(&encode_header(id, EntryKind::Blank, &[]));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(checks::SEGMENT_STEM).with_extension("log");
+    std::fs::write(&path, &log).expect("write segment");
+    let opened = Log::open(dir.path(), LogConfig::default()).expect("recovers");
+    let last = EntryId {
+        term: 1,
+        index: u64::MAX,
+    };
+    assert_eq!(opened.last_id(), Some(last));
+    assert_eq!(opened.size(), log.len() as u64 / 2);
+    checks::log_recovery(&checks::join_recovery_input(0, &log, &[], &[]));
+}
