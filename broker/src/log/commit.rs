@@ -40,10 +40,6 @@ impl GroupCommit {
 
     /// Records that everything up to `ticket` is durable by other means (a segment
     /// sealed with its own fsync, a truncation).
-    pub fn durable(&self) -> Ticket {
-        self.durable.load(Ordering::Acquire)
-    }
-
     pub fn mark_durable(&self, ticket: Ticket) {
         self.durable.fetch_max(ticket, Ordering::AcqRel);
     }

@@ -61,8 +61,7 @@ impl Tail {
         }
     }
 
-    /// Checks that an entry may follow: no holes in Raft indexes, no term going back,
-    /// and a data batch starting at the next offset when `base_offset` is given.
+    /// Checks that an entry may follow: no holes in Raft indexes, no term going back.
     pub fn check_next(&self, id: EntryId) -> Result<(), LogError> {
         if let Some(last) = self.last_id {
             if last.index.checked_add(1) != Some(id.index) {

@@ -2,9 +2,10 @@
 //!
 //! Proposals are validated against the committed state first and serialized on this
 //! broker, so a proposal that returns `Ok` has been committed *and* applied. Committed
-//! commands reach the state through the replica's apply hook, in log order; at start
-//! the controller also replays its own log up to the high watermark, because the
-//! state is kept in memory only. Both paths skip what was applied already, by offset.
+//! commands reach the state through the replica's apply hook, in log order. The state
+//! is kept in memory only: a replica with a hook keeps no checkpoint, so at start
+//! openraft re-applies the whole controller log through the hook. Batches already
+//! applied (by offset) are skipped, so a repeated delivery changes nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -98,25 +99,12 @@ impl Controller {
             .hook(hook)
             .tuning(tuning);
         let replica = Replica::start(spec, registry, network).await?;
-        // Replay what was committed before this start; the hook takes it from there.
-        let hw = replica.high_watermark();
-        let mut offset = replica.log().start_offset();
-        while offset < hw {
-            let read = replica
-                .log()
-                .read(offset, 1 << 20, hw)
-                .map_err(|e| ControllerError::Replica(ReplicaError::Storage(Arc::new(e))))?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let base = sluice_proto::batch::BatchHeader::parse(batch)
-                    .map(|h| h.base_offset as u64)
-                    .unwrap_or(offset);
-                apply_batch(&applied, &publish, base, batch);
-            }
-            offset = read.next_offset;
-        }
+        // Let the re-apply catch up with what the log held at start, so a restarted
+        // broker does not answer from empty metadata. Best effort: an entry that never
+        // commits (a truncated tail) must not hold the start up forever.
+        let end = replica.log().next_offset();
+        let mut hw = replica.watch_high_watermark();
+        let _ = tokio::time::timeout(ELECTION_WAIT, hw.wait_for(|hw| *hw >= end)).await;
         Ok(Self {
             replica,
             published,

@@ -470,10 +470,7 @@ impl Replica {
                 "a leader is known",
             )
             .await
-            .map_err(|e| match e {
-                WaitError::Timeout(..) => ReplicaError::Timeout(timeout),
-                WaitError::ShuttingDown => ReplicaError::Shutdown,
-            })?;
+            .map_err(wait_error)?;
         metrics.current_leader.ok_or(ReplicaError::Shutdown)
     }
 
@@ -572,10 +569,7 @@ impl Replica {
                 "snapshot covers the retention point",
             )
             .await
-            .map_err(|e| match e {
-                WaitError::Timeout(t, _) => ReplicaError::Timeout(t),
-                WaitError::ShuttingDown => ReplicaError::Shutdown,
-            })?;
+            .map_err(wait_error)?;
         self.raft
             .trigger()
             .purge_log(upto.index)
@@ -589,10 +583,7 @@ impl Replica {
                 "purged through the retention point",
             )
             .await
-            .map_err(|e| match e {
-                WaitError::Timeout(t, _) => ReplicaError::Timeout(t),
-                WaitError::ShuttingDown => ReplicaError::Shutdown,
-            })?;
+            .map_err(wait_error)?;
         Ok(true)
     }
 
@@ -665,6 +656,13 @@ fn init_order(members: &BTreeMap<NodeId, BasicNode>, preferred: Option<NodeId>) 
         .into_iter()
         .chain(members.keys().copied().filter(|&id| Some(id) != first))
         .collect()
+}
+
+fn wait_error(e: WaitError) -> ReplicaError {
+    match e {
+        WaitError::Timeout(t, _) => ReplicaError::Timeout(t),
+        WaitError::ShuttingDown => ReplicaError::Shutdown,
+    }
 }
 
 fn fatal_error(f: Fatal<TypeConfig>, failure: &StorageFailure) -> ReplicaError {
