@@ -7,36 +7,14 @@
 
 #[path = "../../fuzz/checks/proto.rs"]
 mod checks;
-
-use std::path::PathBuf;
+#[path = "../../fuzz/checks/replay.rs"]
+mod replay;
 
 use bytes::Bytes;
 use prost::Message;
+use replay::{corpus_dir, replay};
 use sluice_proto::batch::{BatchBuilder, Compression, Header};
 use sluice_proto::v1;
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-/// Runs `check` on every file of a target's corpus; returns how many there were.
-fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("corpus entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    for path in &files {
-        let data = std::fs::read(path).expect("read corpus file");
-        let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{target}: {} fails", path.display());
-    }
-    files.len()
-}
 
 #[test]
 fn batch_decode_corpus_replays() {
