@@ -158,16 +158,24 @@ sluice_cli() {
   "$SLUICE" --bootstrap "$SLUICE_BOOTSTRAP" --timeout 30s --output json "$@"
 }
 
-# Waits until every partition of a topic has a leader; fails (status 1) after $2 seconds.
-wait_leaders() {
-  local topic=$1 secs=$2
-  for _ in $(seq 1 $((secs * 2))); do
-    if sluice_cli topic describe "$topic" 2>/dev/null | python3 -c '
+# Prints "LED TOTAL": how many partitions of a topic have a leader, of how many.
+leader_count() {
+  "$SLUICE" --bootstrap "$SLUICE_BOOTSTRAP" --timeout 10s --output json topic describe "$1" 2>/dev/null | python3 -c '
 import json, sys
-d = json.load(sys.stdin)
-sys.exit(0 if d["partitions"] and all(p["leader"] is not None for p in d["partitions"]) else 1)'; then
-      return 0
-    fi
+try:
+    ps = json.load(sys.stdin)["partitions"]
+except ValueError:
+    ps = []
+print(sum(p["leader"] is not None for p in ps), len(ps))'
+}
+
+# Waits until every partition of a topic has a leader; fails (status 1) after $2
+# seconds of wall time.
+wait_leaders() {
+  local topic=$1 deadline=$((SECONDS + $2)) led total
+  while ((SECONDS < deadline)); do
+    read -r led total < <(leader_count "$topic")
+    [[ $total -gt 0 && $led == "$total" ]] && return 0
     sleep 0.5
   done
   return 1

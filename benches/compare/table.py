@@ -174,11 +174,14 @@ def table(res):
             if not d:
                 continue
             cpu = d["cpu_pct_of_core_per_broker"]
+            metric = f"{d['partitions']:,} partitions RF{d['replication_factor']}, CPU % of a core"
+            if d["brokers"] > 1:
+                metric += " per broker"
+            if not d["settled"]:
+                metric += f" (not settled: {d.get('with_leader', '?')} led)"
             rows.append(
-                ["idle", f"{d['partitions']:,} partitions RF{d['replication_factor']}, CPU % of a core"
-                 + (" per broker" if d["brokers"] > 1 else ""),
-                 " / ".join(f"{c:.1f}" for c in cpu), *["-"] * 6, "< 5% of a core",
-                 verdict(max(cpu) < 5 if d["settled"] else None)]
+                ["idle", metric, " / ".join(f"{c:.1f}" for c in cpu), *["-"] * 6,
+                 "< 5% of a core", verdict(max(cpu) < 5 if d["settled"] else None)]
             )
 
     head = ["Workload", "Metric", *[label for _, label in SYSTEMS],

@@ -69,11 +69,12 @@ struct LoadArgs {
     /// producer batches (64 KiB).
     #[arg(long, default_value_t = 64 << 10, value_parser = clap::value_parser!(u64).range(1..))]
     batch_bytes: u64,
-    /// Bytes of records one producer may have sent and not yet seen acknowledged, as
-    /// the Sluice producer's `buffer_memory` (32 MiB) bounds its records between
-    /// `send` and the acknowledgement.
-    #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
-    buffer_memory: u64,
+    /// Requests in flight per partition, as the Sluice producer's `max_in_flight` (5):
+    /// a producer keeps at most this many batches' worth of records per partition sent
+    /// and not yet acknowledged, as many as the Sluice broker sees in flight. (Records
+    /// a Sluice producer buffers beyond that wait in the client, not at the broker.)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: u64,
     /// Producers, each with its own connection and window.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     producers: u32,
@@ -123,7 +124,7 @@ impl LoadArgs {
             partitions: self.partitions,
             record_size: self.record_size as usize,
             batch_records,
-            window_records: (self.buffer_memory / record).max(batch_records),
+            window_records: batch_records * self.max_in_flight * u64::from(self.partitions),
             duration: self.duration,
             records: self.records,
             rate,

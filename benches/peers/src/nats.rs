@@ -19,6 +19,8 @@ use futures::StreamExt;
 use crate::Peer;
 use crate::driver::{Ack, Publisher, Source};
 
+/// How long a publish may wait for its acknowledgement (and an API call for its answer).
+const ACK_TIMEOUT: Duration = Duration::from_secs(300);
 /// Acks a connection may wait for at once; the driver's window is the real bound.
 const MAX_ACKS_IN_FLIGHT: usize = 1 << 20;
 /// Messages and bytes one pull request asks for, as the Sluice consumer's fetches
@@ -39,7 +41,9 @@ impl Nats {
             .await
             .with_context(|| format!("cannot reach NATS at {url}"))?;
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(30))
+            // Long enough for a full window on a server that fsyncs every message on a
+            // busy disk (a few hundred a second), short enough to end a stuck run.
+            .timeout(ACK_TIMEOUT)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .backpressure_on_inflight(true)
             .build(client);
