@@ -83,6 +83,12 @@ pub enum MetadataError {
     Undecodable(String),
 }
 
+/// Whether `name` is reserved for the broker's own topics (`__consumer_offsets`):
+/// users can read them but not create, write, grow or delete them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
+}
+
 /// Checks a topic name against Kafka's rules.
 pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
     let ok = !name.is_empty()
