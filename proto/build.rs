@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/sluice/v1/sluice.proto",
+        "proto/sluice/v1/group.proto",
         "proto/sluice/raft/v1/raft.proto",
     ];
     let mut config = tonic_prost_build::Config::new();

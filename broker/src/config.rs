@@ -7,10 +7,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::group::GroupConfig;
+use crate::metadata::state::MAX_PARTITIONS;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -62,6 +66,16 @@ pub struct BrokerArgs {
     /// Replication factor of topics created without one (default 1, capped by brokers).
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR")]
     pub default_replication_factor: Option<u32>,
+    /// Consumer group session timeout in ms: a member silent this long is removed
+    /// (default 10000; members may ask for 1000..=300000).
+    #[arg(long, env = "SLUICE_GROUP_SESSION_TIMEOUT_MS")]
+    pub group_session_timeout_ms: Option<u64>,
+    /// How often group members heartbeat, in ms (default 1000).
+    #[arg(long, env = "SLUICE_GROUP_HEARTBEAT_INTERVAL_MS")]
+    pub group_heartbeat_interval_ms: Option<u64>,
+    /// Partitions of the internal __consumer_offsets topic when it is created (default 6).
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +87,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     peers: Option<String>,
     default_replication_factor: Option<u32>,
+    group_session_timeout_ms: Option<u64>,
+    group_heartbeat_interval_ms: Option<u64>,
+    offsets_topic_partitions: Option<u32>,
 }
 
 /// Resolved settings.
@@ -86,6 +103,7 @@ pub struct BrokerConfig {
     /// Controller members: id → address. Empty means "this broker alone".
     pub peers: BTreeMap<u64, String>,
     pub default_replication_factor: u32,
+    pub groups: GroupConfig,
 }
 
 impl BrokerConfig {
@@ -107,6 +125,7 @@ impl BrokerConfig {
         if node_id == 0 {
             return Err(ConfigError::ZeroNodeId);
         }
+        let groups = group_config(&args, &file)?;
         let listen = match args.listen.or(file.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
@@ -148,8 +167,53 @@ impl BrokerConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             peers,
             default_replication_factor,
+            groups,
         })
     }
+}
+
+/// Consumer group settings over [`GroupConfig`]'s defaults.
+fn group_config(args: &BrokerArgs, file: &FileConfig) -> Result<GroupConfig, ConfigError> {
+    let mut groups = GroupConfig::default();
+    if let Some(ms) = args
+        .group_session_timeout_ms
+        .or(file.group_session_timeout_ms)
+    {
+        groups.session_timeout = Duration::from_millis(ms);
+        if groups.session_timeout < groups.min_session_timeout
+            || groups.session_timeout > groups.max_session_timeout
+        {
+            return Err(ConfigError::Invalid {
+                what: "group session timeout (ms, 1000..=300000)",
+                value: ms.to_string(),
+            });
+        }
+    }
+    if let Some(ms) = args
+        .group_heartbeat_interval_ms
+        .or(file.group_heartbeat_interval_ms)
+    {
+        if ms == 0 {
+            return Err(ConfigError::Invalid {
+                what: "group heartbeat interval (ms)",
+                value: ms.to_string(),
+            });
+        }
+        groups.heartbeat_interval = Duration::from_millis(ms);
+    }
+    if let Some(n) = args
+        .offsets_topic_partitions
+        .or(file.offsets_topic_partitions)
+    {
+        if n == 0 || n > MAX_PARTITIONS {
+            return Err(ConfigError::Invalid {
+                what: "offsets topic partitions",
+                value: n.to_string(),
+            });
+        }
+        groups.offsets_partitions = n;
+    }
+    Ok(groups)
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -211,6 +275,38 @@ mod tests {
         let c = BrokerConfig::from_args(args).expect("config");
         assert_eq!((c.node_id, c.data_dir), (2, PathBuf::from("/tmp/x")));
         assert_eq!(c.advertised_addr.as_deref(), Some("b:2"));
+    }
+
+    #[test]
+    fn group_settings_come_from_flags() {
+        let args = BrokerArgs::try_parse_from([
+            "sluice-broker",
+            "--group-session-timeout-ms",
+            "3000",
+            "--group-heartbeat-interval-ms",
+            "250",
+            "--offsets-topic-partitions",
+            "4",
+        ])
+        .expect("args");
+        let c = BrokerConfig::from_args(args).expect("config");
+        assert_eq!(c.groups.session_timeout, Duration::from_secs(3));
+        assert_eq!(c.groups.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.groups.offsets_partitions, 4);
+        for bad in [
+            ["--group-session-timeout-ms", "10"],
+            ["--group-heartbeat-interval-ms", "0"],
+            ["--offsets-topic-partitions", "0"],
+        ] {
+            let args = BrokerArgs::try_parse_from(["sluice-broker", bad[0], bad[1]]).expect("args");
+            assert!(
+                matches!(
+                    BrokerConfig::from_args(args),
+                    Err(ConfigError::Invalid { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

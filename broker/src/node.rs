@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sluice_proto::raft::raft_server::RaftServer;
 use sluice_proto::v1;
+use sluice_proto::v1::group_coordinator_server::GroupCoordinatorServer;
 use sluice_proto::v1::sluice_server::SluiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -20,12 +21,14 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
 use crate::log::now_ms;
 use crate::metadata::{BrokerInfo, Controller, ControllerError};
 use crate::partition::{Partition, PartitionManager};
 use crate::raft::{GroupRegistry, Network, NetworkOptions, RaftService, RaftTuning};
 use crate::server::MAX_MESSAGE_BYTES;
 use crate::server::client_api::{ClientApi, not_found};
+use crate::server::group_service::GroupService;
 
 /// HTTP/2 flow-control windows of one stream and of one connection.
 const STREAM_WINDOW: u32 = 16 << 20;
@@ -105,6 +108,7 @@ pub struct Broker {
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     housekeeping: JoinHandle<()>,
+    groups: Arc<GroupCoordinator>,
 }
 
 impl Broker {
@@ -148,11 +152,13 @@ impl Broker {
         let network = Network::new(NetworkOptions::default());
         let tuning = RaftTuning::default();
         let ready: Arc<OnceLock<Arc<Node>>> = Arc::new(OnceLock::new());
+        let groups_ready: Arc<OnceLock<Arc<GroupCoordinator>>> = Arc::new(OnceLock::new());
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = {
             let api = SluiceServer::new(ClientApi::new(ready.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let groups = GroupCoordinatorServer::new(GroupService::new(groups_ready.clone()));
             let raft = RaftServer::new(RaftService::new(registry.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -164,6 +170,7 @@ impl Broker {
                     .initial_stream_window_size(STREAM_WINDOW)
                     .initial_connection_window_size(CONNECTION_WINDOW)
                     .add_service(api)
+                    .add_service(groups)
                     .add_service(raft)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                         let _ = stopped.await;
@@ -201,6 +208,8 @@ impl Broker {
             default_replication_factor: config.default_replication_factor,
         });
         let _ = ready.set(node.clone());
+        let groups = GroupCoordinator::start(node.clone(), config.groups.clone());
+        let _ = groups_ready.set(groups.clone());
         let housekeeping = tokio::spawn(housekeeping(node.clone()));
         tracing::info!(node_id = config.node_id, %addr, data_dir = %config.data_dir.display(), "broker ready");
         Ok(Self {
@@ -209,6 +218,7 @@ impl Broker {
             stop_server,
             server,
             housekeeping,
+            groups,
         })
     }
 
@@ -224,6 +234,7 @@ impl Broker {
     pub async fn shutdown(self) {
         let _ = self.stop_server.send(());
         self.housekeeping.abort();
+        self.groups.stop();
         self.node.partitions.shutdown().await;
         self.node.controller.shutdown_replica().await;
         match tokio::time::timeout(SERVER_DRAIN, self.server).await {

@@ -1,4 +1,4 @@
-//! [`Admin`]: topics, partitions and cluster information.
+//! [`Admin`]: topics, partitions and cluster information (groups: `group_admin`).
 //!
 //! Topic changes (create, delete, add partitions) go to the controller, following
 //! `NOT_CONTROLLER` / `NOT_LEADER` hints; reads (list, describe, metadata) go to any
@@ -191,12 +191,18 @@ impl Admin {
         Ok(())
     }
 
-    /// Every topic, sorted by name.
+    /// Every topic, sorted by name, except internal ones (`__consumer_offsets`).
     pub async fn list_topics(&self) -> Result<Vec<TopicListing>> {
+        self.list_topics_with(false).await
+    }
+
+    /// Every topic, sorted by name; internal ones too when `include_internal`.
+    pub async fn list_topics_with(&self, include_internal: bool) -> Result<Vec<TopicListing>> {
+        let req = v1::ListTopicsRequest { include_internal };
         let mut topics = self
             .conn
             .call(Target::Any, |mut c| async move {
-                let resp = c.list_topics(v1::ListTopicsRequest {}).await?.into_inner();
+                let resp = c.list_topics(req).await?.into_inner();
                 check(resp.error)?;
                 Ok(resp.topics)
             })

@@ -308,6 +308,21 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// Longest back-off between reconnects. Default 1 s.
     pub retry_backoff_max: Duration,
+    /// A subscribed consumer commits the positions it reached every
+    /// `auto_commit_interval`, before partitions are revoked, and when it leaves.
+    /// Default true.
+    pub enable_auto_commit: bool,
+    /// Default 5 s, as Kafka.
+    pub auto_commit_interval: Duration,
+    /// How long the group coordinator waits for a heartbeat before it removes this
+    /// member and gives its partitions to others. `None`: the broker's default
+    /// (10 s unless configured).
+    pub session_timeout: Option<Duration>,
+    /// How long this member may take to release revoked partitions. `None`: the
+    /// broker's default (60 s).
+    pub rebalance_timeout: Option<Duration>,
+    /// Shown by `sluice group describe`. Default "sluice-client".
+    pub client_id: String,
 }
 
 impl Default for ConsumerConfig {
@@ -318,6 +333,11 @@ impl Default for ConsumerConfig {
             prefetch: 16,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            session_timeout: None,
+            rebalance_timeout: None,
+            client_id: "sluice-client".into(),
         }
     }
 }
@@ -334,6 +354,13 @@ impl ConsumerConfig {
             return Err(ClientError::InvalidArgument(
                 "prefetch must be at least 1".into(),
             ));
+        }
+        nonzero(self.auto_commit_interval, "auto_commit_interval")?;
+        if let Some(t) = self.session_timeout {
+            nonzero(t, "session_timeout")?;
+        }
+        if let Some(t) = self.rebalance_timeout {
+            nonzero(t, "rebalance_timeout")?;
         }
         Ok(())
     }

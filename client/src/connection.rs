@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sluice_proto::v1;
+use sluice_proto::v1::group_coordinator_client::GroupCoordinatorClient;
 use sluice_proto::v1::sluice_client::SluiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -218,7 +219,7 @@ impl Connection {
     }
 
     /// Addresses to try for an untargeted request, best first, without duplicates.
-    fn candidates(&self) -> Vec<String> {
+    pub(crate) fn candidates(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut push = |a: &str| {
             if !out.iter().any(|x| x == a) {
@@ -338,6 +339,15 @@ impl Connection {
         let channel = self.channel(addr)?;
         let max = self.inner.config.max_message_bytes;
         Ok(SluiceClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    /// The consumer-group service client for a broker address, sharing its channel.
+    pub(crate) fn group_client(&self, addr: &str) -> Result<GroupCoordinatorClient<Channel>> {
+        let channel = self.channel(addr)?;
+        let max = self.inner.config.max_message_bytes;
+        Ok(GroupCoordinatorClient::new(channel)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max))
     }

@@ -106,6 +106,36 @@ pub enum ClientError {
     /// one the partition has seen.
     #[error("producer fenced: {message}")]
     ProducerFenced { message: String },
+    /// `NOT_COORDINATOR`: the broker does not coordinate the group; `coordinator` is
+    /// its hint.
+    #[error("not the group coordinator: {message}{}", hint(coordinator))]
+    NotCoordinator {
+        message: String,
+        coordinator: Option<BrokerInfo>,
+    },
+    /// `COORDINATOR_NOT_AVAILABLE`: the group's coordinator is being elected, loading
+    /// or created.
+    #[error("group coordinator not available: {message}")]
+    CoordinatorNotAvailable { message: String },
+    /// `UNKNOWN_MEMBER_ID`: the member left or was removed from its group.
+    #[error("unknown group member: {message}")]
+    UnknownMemberId { message: String },
+    /// `FENCED_MEMBER_EPOCH`: the member's epoch is stale, or it no longer owns the
+    /// partition it commits.
+    #[error("fenced group member: {message}")]
+    FencedMemberEpoch { message: String },
+    /// `GROUP_NOT_EMPTY`: the group has active members.
+    #[error("group not empty: {message}")]
+    GroupNotEmpty { message: String },
+    /// `UNKNOWN_GROUP`.
+    #[error("unknown group: {message}")]
+    UnknownGroup { message: String },
+    /// `INVALID_GROUP_ID`.
+    #[error("invalid group id: {message}")]
+    InvalidGroupId { message: String },
+    /// A partition has no committed offset and `auto_offset_reset` is `None`.
+    #[error("no offset: {0}")]
+    NoOffset(String),
     /// An `ErrorCode` this client does not know (from a newer broker).
     #[error("broker error code {code}: {message}")]
     UnknownCode { code: i32, message: String },
@@ -186,6 +216,16 @@ impl ClientError {
             C::UnknownProducer => ClientError::UnknownProducer { message },
             C::ShuttingDown => ClientError::ShuttingDown { message },
             C::ProducerFenced => ClientError::ProducerFenced { message },
+            C::NotCoordinator => ClientError::NotCoordinator {
+                message,
+                coordinator: leader,
+            },
+            C::CoordinatorNotAvailable => ClientError::CoordinatorNotAvailable { message },
+            C::UnknownMemberId => ClientError::UnknownMemberId { message },
+            C::FencedMemberEpoch => ClientError::FencedMemberEpoch { message },
+            C::GroupNotEmpty => ClientError::GroupNotEmpty { message },
+            C::UnknownGroup => ClientError::UnknownGroup { message },
+            C::InvalidGroupId => ClientError::InvalidGroupId { message },
         })
     }
 
@@ -258,18 +298,27 @@ impl ClientError {
             ClientError::UnknownProducer { .. } => C::UnknownProducer,
             ClientError::ShuttingDown { .. } => C::ShuttingDown,
             ClientError::ProducerFenced { .. } => C::ProducerFenced,
+            ClientError::NotCoordinator { .. } => C::NotCoordinator,
+            ClientError::CoordinatorNotAvailable { .. } => C::CoordinatorNotAvailable,
+            ClientError::UnknownMemberId { .. } => C::UnknownMemberId,
+            ClientError::FencedMemberEpoch { .. } => C::FencedMemberEpoch,
+            ClientError::GroupNotEmpty { .. } => C::GroupNotEmpty,
+            ClientError::UnknownGroup { .. } => C::UnknownGroup,
+            ClientError::InvalidGroupId { .. } => C::InvalidGroupId,
             _ => return None,
         })
     }
 
     /// Whether the same request may succeed if sent again (after a metadata refresh
-    /// and a back-off): leadership moved, the broker is stopping or timed out, or the
-    /// connection failed.
+    /// and a back-off): leadership or a group's coordinator moved, the broker is
+    /// stopping or timed out, or the connection failed.
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
             ClientError::NotLeader { .. }
                 | ClientError::NotController { .. }
+                | ClientError::NotCoordinator { .. }
+                | ClientError::CoordinatorNotAvailable { .. }
                 | ClientError::Timeout { .. }
                 | ClientError::ShuttingDown { .. }
                 | ClientError::Transport { .. }
@@ -290,12 +339,16 @@ impl ClientError {
         )
     }
 
-    /// The leader hint carried by `NOT_LEADER` / `NOT_CONTROLLER`, if any.
+    /// The leader hint carried by `NOT_LEADER` / `NOT_CONTROLLER` (or the
+    /// coordinator carried by `NOT_COORDINATOR`), if any.
     pub fn leader_hint(&self) -> Option<&BrokerInfo> {
         match self {
-            ClientError::NotLeader { leader, .. } | ClientError::NotController { leader, .. } => {
-                leader.as_ref()
-            }
+            ClientError::NotLeader { leader, .. }
+            | ClientError::NotController { leader, .. }
+            | ClientError::NotCoordinator {
+                coordinator: leader,
+                ..
+            } => leader.as_ref(),
             _ => None,
         }
     }
@@ -383,9 +436,16 @@ mod tests {
             C::UnknownProducer,
             C::ShuttingDown,
             C::ProducerFenced,
+            C::NotCoordinator,
+            C::CoordinatorNotAvailable,
+            C::UnknownMemberId,
+            C::FencedMemberEpoch,
+            C::GroupNotEmpty,
+            C::UnknownGroup,
+            C::InvalidGroupId,
         ];
         // The list above covers every code but NONE.
-        assert_eq!(all.len(), 22);
+        assert_eq!(all.len(), 29);
         for code in all {
             let msg = format!("message for {}", code.as_str_name());
             let err = ClientError::from_proto(proto(code as i32, &msg)).unwrap();
@@ -448,7 +508,14 @@ mod tests {
 
     #[test]
     fn retry_classification() {
-        let retriable = [C::NotLeader, C::NotController, C::Timeout, C::ShuttingDown];
+        let retriable = [
+            C::NotLeader,
+            C::NotController,
+            C::Timeout,
+            C::ShuttingDown,
+            C::NotCoordinator,
+            C::CoordinatorNotAvailable,
+        ];
         for code in retriable {
             assert!(
                 ClientError::from_proto(proto(code as i32, "x"))
@@ -464,6 +531,9 @@ mod tests {
             C::BatchTooLarge,
             C::OffsetOutOfRange,
             C::DiskFull,
+            C::UnknownMemberId,
+            C::FencedMemberEpoch,
+            C::GroupNotEmpty,
         ] {
             assert!(
                 !ClientError::from_proto(proto(code as i32, "x"))

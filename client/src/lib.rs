@@ -2,13 +2,14 @@
 //!
 //! - [`Producer`]: batched, pipelined, retrying writes with Kafka-compatible key
 //!   partitioning and bounded memory.
-//! - [`Consumer`]: streams records from assigned partitions, pushed by the brokers as
-//!   they commit.
-//! - [`Admin`]: topics, partitions, cluster information.
+//! - [`Consumer`]: streams records from assigned partitions, or from its share of a
+//!   consumer group's (`subscribe`), pushed by the brokers as they commit.
+//! - [`Admin`]: topics, partitions, cluster information, consumer groups.
 //! - [`Connection`]: the broker channels and metadata cache all three share.
 //!
 //! Modules, one concern each: [`config`], [`error`], [`types`], [`metadata`],
-//! [`connection`], [`backoff`], [`partitioner`], [`producer`], [`consumer`], [`admin`].
+//! [`connection`], [`backoff`], [`partitioner`], [`producer`], [`consumer`], [`admin`],
+//! [`group_admin`] (and `coordinator`, the route to a group's coordinator).
 //! The wire formats come from `sluice-proto`: the gRPC API (`sluice.v1`) and the
 //! record batch codec, re-exported as [`batch`].
 //!
@@ -41,7 +42,9 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod consumer;
+mod coordinator;
 pub mod error;
+pub mod group_admin;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
@@ -56,8 +59,9 @@ pub use backoff::Backoff;
 pub use batch::{Compression, Header};
 pub use config::{ClientConfig, ConsumerConfig, MAX_IDEMPOTENT_IN_FLIGHT, ProducerConfig};
 pub use connection::Connection;
-pub use consumer::{Consumer, ConsumerRecord};
+pub use consumer::{Consumer, ConsumerRecord, RebalanceListener};
 pub use error::{ClientError, Result};
+pub use group_admin::{GroupDescription, GroupListing, MemberDescription};
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionMetadata, TopicMetadata};
 pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata, UNKNOWN_OFFSET};
-pub use types::{Acks, Offset, OffsetReset, TopicPartition};
+pub use types::{Acks, Offset, OffsetAndMetadata, OffsetReset, TopicPartition};

@@ -1,5 +1,5 @@
 //! Small value types shared by the producer, consumer and admin client:
-//! [`TopicPartition`], [`Offset`], [`OffsetReset`], [`Acks`].
+//! [`TopicPartition`], [`Offset`], [`OffsetReset`], [`OffsetAndMetadata`], [`Acks`].
 
 use std::fmt;
 
@@ -83,6 +83,35 @@ pub enum OffsetReset {
     ///
     /// [`seek`]: crate::Consumer::seek
     None,
+}
+
+/// A committed offset: the offset of the next record to read, and a string the
+/// committer may attach (at most 4 KiB).
+///
+/// ```
+/// use sluice_client::OffsetAndMetadata;
+///
+/// let o = OffsetAndMetadata::new(42).with_metadata("batch 7 done");
+/// assert_eq!((o.offset, o.metadata.as_str()), (42, "batch 7 done"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct OffsetAndMetadata {
+    pub offset: u64,
+    pub metadata: String,
+}
+
+impl OffsetAndMetadata {
+    pub fn new(offset: u64) -> Self {
+        Self {
+            offset,
+            metadata: String::new(),
+        }
+    }
+
+    pub fn with_metadata(mut self, metadata: impl Into<String>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
 }
 
 /// How durable a write must be before the broker acknowledges it.

@@ -2,8 +2,8 @@
 //! [`run`] is the whole program, [`run_with`] runs it on given arguments and I/O so
 //! tests can drive it.
 //!
-//! - `cmd/`: one module per command group (`topic`, `produce`, `consume`, `cluster`,
-//!   `perf`);
+//! - `cmd/`: one module per command group (`topic`, `produce`, `consume`, `group`,
+//!   `cluster`, `perf`);
 //! - [`output`]: tables, JSON and record formats;
 //! - [`args`]: value parsers (timestamps, durations, `key=value`).
 //!
@@ -66,6 +66,9 @@ pub enum Command {
     Produce(cmd::produce::ProduceArgs),
     /// Print the records of a topic.
     Consume(cmd::consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
@@ -164,6 +167,7 @@ pub async fn execute(cli: Cli, io: &mut Io) -> anyhow::Result<()> {
         Command::Topic(c) => cmd::topic::run(c, &global, io).await,
         Command::Produce(a) => cmd::produce::run(a, &global, io).await,
         Command::Consume(a) => cmd::consume::run(a, &global, io).await,
+        Command::Group(c) => cmd::group::run(c, &global, io).await,
         Command::Cluster(c) => cmd::cluster::run(c, &global, io).await,
         Command::Perf(c) => cmd::perf::run(c, &global, io).await,
     }

@@ -1,10 +1,13 @@
-//! Rendering: aligned text tables and JSON for the admin commands, and the
-//! per-record formats of `consume` (`--format` templates, JSON lines).
+//! Rendering: aligned text tables and JSON for the admin commands (groups in
+//! `groups`), and the per-record formats of `consume` (`--format` templates, JSON
+//! lines).
 //!
 //! Everything here returns strings or bytes and does no I/O, so it is unit-tested
 //! directly. Keys and values are written as raw bytes in templates (records need
 //! not be UTF-8); in JSON they are strings when they are UTF-8 and
 //! `{"base64": "..."}` otherwise.
+
+mod groups;
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -12,6 +15,8 @@ use std::str::FromStr;
 use clap::ValueEnum;
 use serde_json::{Value, json};
 use sluice_client::{ClusterInfo, ConsumerRecord, TopicDescription, TopicListing};
+
+pub use groups::{PartitionLag, group_description, group_list, offset_reset};
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

@@ -449,6 +449,25 @@ impl Log {
         self.delete_oldest(&mut inner, count)
     }
 
+    /// The last entry of the longest run of sealed segments, oldest first, holding
+    /// only offsets below `keep_from` and Raft indexes up to `max_index`: what may be
+    /// purged to keep both. `None` if no segment qualifies.
+    pub fn purge_point(&self, keep_from: u64, max_index: u64) -> Option<EntryId> {
+        let inner = self.lock();
+        let sealed = &inner.segments[..inner.segments.len() - 1];
+        let count = sealed
+            .iter()
+            .take_while(|s| {
+                let tail = s.tail();
+                tail.next_offset <= keep_from
+                    && tail.last_id.is_some_and(|id| id.index <= max_index)
+            })
+            .count();
+        count
+            .checked_sub(1)
+            .and_then(|last| sealed[last].tail().last_id)
+    }
+
     /// Deletes old segments as the retention policy says, keeping every offset at or
     /// above `protect_from`. Returns how many segments went.
     pub fn enforce_retention(&self, now_ms: i64, protect_from: u64) -> Result<usize, LogError> {

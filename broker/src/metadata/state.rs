@@ -89,6 +89,12 @@ pub enum MetadataError {
     ProducerIdTaken { requested: i64, next: i64 },
 }
 
+/// Whether `name` is reserved for the broker's own topics (`__consumer_offsets`):
+/// users can read them but not create, write, grow or delete them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
+}
+
 /// Checks a topic name against Kafka's rules.
 pub fn validate_topic_name(name: &str) -> Result<(), MetadataError> {
     let ok = !name.is_empty()

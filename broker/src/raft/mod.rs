@@ -42,7 +42,7 @@ use sluice_proto::batch::{BatchHeader, HeaderError};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::log::{Log, LogConfig, LogError};
+use crate::log::{EntryId, Log, LogConfig, LogError};
 use log_store::{AckWaiter, LeaderAcks, LogStore, StorageFailure};
 use meta::{MetaState, MetaStore, StateFileError};
 use network::TransportError;
@@ -452,6 +452,29 @@ impl Replica {
         self.raft.as_leader().is_ok()
     }
 
+    /// The Raft term this replica is in: a leader that still sees the term it was
+    /// elected in has led without interruption.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The last entry this leader may purge while keeping every offset from
+    /// `keep_from` on, such that every voter already holds what goes (so no follower
+    /// ever needs a snapshot for it): the end of the longest run of old sealed
+    /// segments below both. `None` on a follower, or when nothing qualifies.
+    pub fn purge_point_before(&self, keep_from: u64) -> Option<EntryId> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let replication = metrics.replication.as_ref()?;
+        let mut held_by_all = u64::MAX;
+        for voter in metrics.membership_config.voter_ids() {
+            if voter != self.node_id {
+                let matched = replication.get(&voter)?.as_ref()?;
+                held_by_all = held_by_all.min(matched.index);
+            }
+        }
+        self.log.purge_point(keep_from, held_by_all)
+    }
+
     /// Voters holding every committed entry, as the leader sees them (the leader
     /// included). Empty on a follower, which cannot tell.
     pub fn in_sync_replicas(&self) -> Vec<NodeId> {
@@ -684,6 +707,13 @@ impl Replica {
         let Some(upto) = self.log.retention_point(now_ms, self.high_watermark()) else {
             return Ok(false);
         };
+        self.purge_through(upto).await?;
+        Ok(true)
+    }
+
+    /// Snapshots at least up to `upto`, then purges the log through it. `upto` must
+    /// be committed.
+    pub async fn purge_through(&self, upto: EntryId) -> Result<(), ReplicaError> {
         self.raft
             .trigger()
             .snapshot()
@@ -711,7 +741,7 @@ impl Replica {
             )
             .await
             .map_err(wait_error)?;
-        Ok(true)
+        Ok(())
     }
 
     fn ensure_leader(&self) -> Result<(), ReplicaError> {

@@ -18,6 +18,7 @@ use super::errors;
 use super::peers::{FORWARDED, Peers};
 use super::{fetch, produce};
 use crate::metadata::MetadataCommand;
+use crate::metadata::state::is_internal_topic;
 use crate::node::Node;
 
 /// How long topic creation waits for this broker's new partitions to elect leaders.
@@ -124,6 +125,10 @@ impl Sluice for ClientApi {
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let node = self.node()?;
         let req = request.into_inner();
+        if is_internal_topic(&req.name) {
+            let error = Some(errors::reserved_topic(&req.name, "created"));
+            return Ok(Response::new(v1::CreateTopicResponse { error }));
+        }
         let state = node.controller.state();
         let replication_factor = match req.replication_factor {
             0 => node
@@ -154,6 +159,10 @@ impl Sluice for ClientApi {
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let node = self.node()?;
         let name = request.into_inner().name;
+        if is_internal_topic(&name) {
+            let error = Some(errors::reserved_topic(&name, "deleted"));
+            return Ok(Response::new(v1::DeleteTopicResponse { error }));
+        }
         let error = node
             .controller
             .propose(MetadataCommand::DeleteTopic { name })
@@ -165,13 +174,15 @@ impl Sluice for ClientApi {
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
         let node = self.node()?;
+        let include_internal = request.into_inner().include_internal;
         let state = node.controller.state();
         let topics = state
             .topics
             .values()
+            .filter(|t| include_internal || !is_internal_topic(&t.name))
             .map(|t| v1::TopicSummary {
                 name: t.name.clone(),
                 partitions: t.partitions.len() as u32,
@@ -253,6 +264,10 @@ impl Sluice for ClientApi {
     ) -> Result<Response<v1::AddPartitionsResponse>, Status> {
         let node = self.node()?;
         let req = request.into_inner();
+        if is_internal_topic(&req.name) {
+            let error = Some(errors::reserved_topic(&req.name, "altered"));
+            return Ok(Response::new(v1::AddPartitionsResponse { error }));
+        }
         let cmd = MetadataCommand::AddPartitions {
             name: req.name.clone(),
             partitions: req.partitions,

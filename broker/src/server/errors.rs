@@ -6,6 +6,7 @@
 use sluice_proto::batch::BatchError;
 use sluice_proto::v1::{self, ErrorCode};
 
+use crate::group::GroupError;
 use crate::log::LogError;
 use crate::metadata::ControllerError;
 use crate::metadata::state::MetadataError;
@@ -33,6 +34,44 @@ pub fn unknown_partition(topic: &str, partition: u32, count: usize) -> v1::Error
         ErrorCode::UnknownPartition,
         format!("topic '{topic}' has {count} partitions; partition {partition} does not exist"),
     )
+}
+
+/// A user request to change an internal topic (`what`: "created", "deleted", ...).
+pub fn reserved_topic(topic: &str, what: &str) -> v1::Error {
+    error(
+        ErrorCode::InvalidTopicName,
+        format!(
+            "'{topic}' is an internal topic (names starting with '__' are reserved); it cannot be {what} by clients"
+        ),
+    )
+}
+
+pub fn from_group(e: &GroupError) -> v1::Error {
+    let code = match e {
+        GroupError::NotCoordinator { leader } => {
+            return v1::Error {
+                code: ErrorCode::NotCoordinator as i32,
+                message: e.to_string(),
+                leader: leader.as_ref().map(|(id, addr)| v1::Broker {
+                    id: *id,
+                    addr: addr.clone(),
+                }),
+            };
+        }
+        GroupError::Replica(r) => return from_replica(r),
+        GroupError::CoordinatorNotAvailable(_) | GroupError::Controller(_) => {
+            ErrorCode::CoordinatorNotAvailable
+        }
+        GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+        GroupError::Fenced(_) => ErrorCode::FencedMemberEpoch,
+        GroupError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
+        GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+        GroupError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        GroupError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        GroupError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+    };
+    error(code, e.to_string())
 }
 
 pub fn from_metadata(e: &MetadataError) -> v1::Error {

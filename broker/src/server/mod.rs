@@ -4,12 +4,14 @@
 //! - [`produce`] and [`fetch`]: the two streaming calls.
 //! - [`errors`]: typed broker errors → API error codes.
 //! - [`peers`]: leaders of partitions not hosted here, asked of brokers hosting them.
+//! - [`group_service`]: `sluice.v1.GroupCoordinator` (consumer groups and offsets).
 //!
 //! Only this module knows gRPC types; it converts at the edge and calls into the node.
 
 pub mod client_api;
 pub mod errors;
 pub mod fetch;
+pub mod group_service;
 pub mod peers;
 pub mod produce;
 

@@ -32,6 +32,15 @@ pub struct Peers {
 
 impl Peers {
     fn client(&self, addr: &str) -> Option<SluiceClient<Channel>> {
+        Some(
+            SluiceClient::new(self.channel(addr)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// The channel to the broker at `addr`, shared by every service's client.
+    pub fn channel(&self, addr: &str) -> Option<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -45,11 +54,7 @@ impl Peers {
                 c
             }
         };
-        Some(
-            SluiceClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        Some(channel)
     }
 
     /// Descriptions of `partitions` of `topic` from the brokers hosting them (never

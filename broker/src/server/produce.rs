@@ -21,6 +21,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 
 use super::errors::{self, error};
+use crate::metadata::state::is_internal_topic;
 use crate::node::Node;
 use crate::partition::Partition;
 use crate::raft::{Acks, ReplicaError};
@@ -107,6 +108,9 @@ fn admit(node: &Node, req: v1::ProduceRequest) -> Result<(Arc<Partition>, Job), 
             ));
         }
     };
+    if is_internal_topic(&req.topic) {
+        return Err(errors::reserved_topic(&req.topic, "written to"));
+    }
     let partition = node.local_partition(&req.topic, req.partition)?;
     let max = partition.config.max_message_bytes;
     if req.batch.len() as u64 > max {

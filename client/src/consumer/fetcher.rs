@@ -25,20 +25,21 @@ use crate::connection::Connection;
 use crate::error::{ClientError, Result, check};
 use crate::types::{Offset, OffsetReset};
 
-/// What a fetch task tells the consumer. `index` is the partition's place in the
-/// session's partition list.
+/// What a fetch task tells the consumer. `task` identifies the task (a partition
+/// restarted by `seek` or reassigned gets a new task, and the old one's leftover
+/// events are dropped).
 #[derive(Debug)]
 pub(crate) enum FetchEvent {
     Records {
-        index: usize,
+        task: u64,
         records: Vec<ConsumerRecord>,
         high_watermark: u64,
     },
     /// The position was reset (out of range) to `offset`.
-    Reset { index: usize, offset: u64 },
+    Reset { task: u64, offset: u64 },
     /// An error; after a fatal one the task has stopped.
     Error {
-        index: usize,
+        task: u64,
         error: ClientError,
         fatal: bool,
     },
@@ -103,7 +104,7 @@ pub(crate) fn decode_batches(
 pub(crate) struct FetchTask {
     pub conn: Connection,
     pub config: ConsumerConfig,
-    pub index: usize,
+    pub task: u64,
     pub topic: Arc<str>,
     pub partition: u32,
     pub position: u64,
@@ -165,7 +166,7 @@ impl FetchTask {
             {
                 last_report = Some(now);
                 let event = FetchEvent::Error {
-                    index: self.index,
+                    task: self.task,
                     error: err,
                     fatal: false,
                 };
@@ -182,7 +183,7 @@ impl FetchTask {
         let _ = self
             .events
             .send(FetchEvent::Error {
-                index: self.index,
+                task: self.task,
                 error,
                 fatal: true,
             })
@@ -217,7 +218,7 @@ impl FetchTask {
         );
         self.position = offset;
         let event = FetchEvent::Reset {
-            index: self.index,
+            task: self.task,
             offset,
         };
         if self.events.send(event).await.is_err() {
@@ -268,7 +269,7 @@ impl FetchTask {
             }
             last_hwm = Some(msg.high_watermark);
             let event = FetchEvent::Records {
-                index: self.index,
+                task: self.task,
                 records,
                 high_watermark: msg.high_watermark,
             };

@@ -1,32 +1,46 @@
-//! The [`Consumer`]: reads assigned partitions as a stream of [`ConsumerRecord`]s.
+//! The [`Consumer`]: reads partitions, assigned by hand or by a consumer group, as a
+//! stream of [`ConsumerRecord`]s.
 //!
 //! - `mod.rs` (this file): assignment, start positions (`Offset::Earliest | Latest |
-//!   At | Timestamp`, resolved with `ListOffsets`), `seek`, `position`, and the record
-//!   stream, which merges what the partitions' fetch tasks deliver and advances each
-//!   partition's position as records are handed to the application;
+//!   At | Timestamp`, resolved with `ListOffsets`), `seek`, `position`, lag, and
+//!   `recv`, which hands out what the partitions' fetch tasks deliver and advances
+//!   each partition's position as records are handed to the application;
+//! - `session`: the running fetch tasks, started and stopped one partition at a time;
 //! - `fetcher`: one long-lived `Fetch` stream (`follow = true`) per partition, with
-//!   reconnects, and batch decoding.
+//!   reconnects, and batch decoding;
+//! - `subscription`: `subscribe` and committed offsets (commit, auto-commit, the
+//!   group's assignment applied inside `recv`);
+//! - `group`: the heartbeat task and the committer of a group member;
+//! - `listener`: [`RebalanceListener`].
 //!
 //! Positions only move for records the application has received: records fetched
-//! ahead but not yet taken are dropped by `seek`/`assign` and fetched again.
-//! Group membership (`subscribe`) and committed offsets are not here yet.
+//! ahead but not yet taken are dropped by `seek`/`assign`/revocation and fetched
+//! again.
 
 mod fetcher;
+mod group;
+mod listener;
+mod session;
+mod subscription;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use sluice_proto::batch::Header;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::config::{ClientConfig, ConsumerConfig};
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use crate::types::{Offset, OffsetReset, TopicPartition};
-use fetcher::{FetchEvent, FetchTask};
+use fetcher::FetchEvent;
+use group::{GroupEvent, GroupMember};
+use session::Session;
+
+pub use crate::types::OffsetAndMetadata;
+pub use listener::RebalanceListener;
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,32 +63,18 @@ struct PartState {
     position: Option<u64>,
     /// The last high watermark a fetch reported.
     high_watermark: Option<u64>,
+    /// Fetching stopped on a fatal error (or no start position): until `seek`.
+    stopped: bool,
 }
 
-/// Running fetch tasks for the current assignment and positions.
-struct Session {
-    tps: Vec<TopicPartition>,
-    rx: mpsc::Receiver<FetchEvent>,
-    tasks: Vec<JoinHandle<()>>,
-    current: Option<(usize, std::vec::IntoIter<ConsumerRecord>)>,
-    /// Every task has stopped (after fatal errors): the stream has ended.
-    finished: bool,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Reads records from explicitly assigned partitions.
+/// Reads records from partitions assigned with [`Consumer::assign`], or shared with
+/// the other members of a consumer group with [`Consumer::subscribe`].
 ///
 /// Data is pushed by the brokers as soon as it is committed: the stream never ends
-/// on its own while partitions are assigned (it ends only if every partition hit a
-/// fatal error). Reconnects and leader changes are handled inside; errors that
-/// persist longer than the request timeout, and fatal ones, appear as `Err` items.
+/// on its own while partitions are assigned or the consumer is subscribed (with
+/// `assign`, it ends only if every partition hit a fatal error). Reconnects and
+/// leader changes are handled inside; errors that persist longer than the request
+/// timeout, and fatal ones, appear as `Err` items.
 ///
 /// ```no_run
 /// use futures::StreamExt;
@@ -102,15 +102,33 @@ pub struct Consumer {
     conn: Connection,
     config: ConsumerConfig,
     parts: BTreeMap<TopicPartition, PartState>,
-    session: Option<Session>,
+    session: Session,
+    /// Membership, when subscribed to a group.
+    group: Option<GroupMember>,
+    /// In a mutex only so that the consumer is `Sync` (borrowed across awaits);
+    /// reached with `get_mut`, never locked.
+    listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
+    /// The latest assignment from the group, not applied yet.
+    target: Option<std::collections::BTreeSet<TopicPartition>>,
+    /// The last offset committed (or sent to be) per partition.
+    committed: BTreeMap<TopicPartition, u64>,
+    last_auto_commit: Instant,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("assignment", &self.parts.keys().collect::<Vec<_>>())
+            .field("group", &self.group.as_ref().map(GroupMember::group))
             .finish_non_exhaustive()
     }
+}
+
+/// What woke a waiting `recv`.
+enum Wake {
+    Fetch(TopicPartition, FetchEvent),
+    Group(Option<GroupEvent>),
+    Timer,
 }
 
 impl Consumer {
@@ -120,14 +138,20 @@ impl Consumer {
         Self::new(conn, config)
     }
 
-    /// A consumer on an existing connection, with nothing assigned.
+    /// A consumer on an existing connection, with nothing assigned. Must be called
+    /// inside a Tokio runtime.
     pub fn new(conn: Connection, config: ConsumerConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             conn,
+            session: Session::new(config.prefetch),
             config,
             parts: BTreeMap::new(),
-            session: None,
+            group: None,
+            listener: None,
+            target: None,
+            committed: BTreeMap::new(),
+            last_auto_commit: Instant::now(),
         })
     }
 
@@ -136,16 +160,28 @@ impl Consumer {
         &self.conn
     }
 
-    /// Replaces the assignment. Partitions that stay assigned keep their position;
-    /// new ones start per `auto_offset_reset` unless [`Consumer::seek`]ed.
+    /// Replaces the assignment. Partitions that stay assigned keep their position
+    /// and keep fetching; new ones start per `auto_offset_reset` unless
+    /// [`Consumer::seek`]ed. A subscribed consumer stops being a group member (without
+    /// leaving: call [`Consumer::unsubscribe`] first to leave at once).
     pub fn assign(&mut self, partitions: Vec<TopicPartition>) {
+        if let Some(g) = self.group.take() {
+            tracing::warn!(
+                group = g.group(),
+                "assign() replaces the group subscription"
+            );
+            self.target = None;
+        }
         let mut parts = BTreeMap::new();
         for tp in partitions {
-            let state = self.parts.remove(&tp).unwrap_or_default();
+            let mut state = self.parts.remove(&tp).unwrap_or_default();
+            state.stopped = false;
             parts.insert(tp, state);
         }
+        for tp in self.parts.keys() {
+            self.session.stop(tp);
+        }
         self.parts = parts;
-        self.session = None;
     }
 
     /// Assigns every partition of `topic` (as the cluster's metadata has them now).
@@ -160,7 +196,7 @@ impl Consumer {
         Ok(tps)
     }
 
-    /// The assigned partitions, in order.
+    /// The assigned partitions (by hand, or by the group now), in order.
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.parts.keys().cloned().collect()
     }
@@ -171,7 +207,8 @@ impl Consumer {
         let state = self.parts.get_mut(tp).ok_or_else(|| not_assigned(tp))?;
         state.pending = Some(offset);
         state.position = None;
-        self.session = None;
+        state.stopped = false;
+        self.session.stop(tp);
         Ok(())
     }
 
@@ -201,6 +238,14 @@ impl Consumer {
         Some(s.high_watermark?.saturating_sub(s.position?))
     }
 
+    /// The lag of every assigned partition whose lag is known (see [`Consumer::lag`]).
+    pub fn lags(&self) -> BTreeMap<TopicPartition, u64> {
+        self.parts
+            .keys()
+            .filter_map(|tp| Some((tp.clone(), self.lag(tp)?)))
+            .collect()
+    }
+
     /// Resolves a start position for any partition (assigned or not) with
     /// `ListOffsets`.
     pub async fn offset_for(&self, tp: &TopicPartition, offset: Offset) -> Result<u64> {
@@ -221,99 +266,100 @@ impl Consumer {
         self.offset_for(tp, offset).await
     }
 
-    async fn start_session(&mut self) -> Result<()> {
-        let tps = self.assignment();
-        let mut positions = Vec::with_capacity(tps.len());
-        for tp in &tps {
-            positions.push(self.position(tp).await?);
-        }
-        // Room for a few responses per partition, at least `prefetch` in all.
-        let (tx, rx) = mpsc::channel(self.config.prefetch.max(tps.len()));
-        let tasks = tps
+    /// Starts a fetch task for every assigned partition without one.
+    async fn start_fetching(&mut self) -> Result<()> {
+        let idle: Vec<TopicPartition> = self
+            .parts
             .iter()
-            .zip(positions)
-            .enumerate()
-            .map(|(index, (tp, position))| {
-                tokio::spawn(
-                    FetchTask {
-                        conn: self.conn.clone(),
-                        config: self.config.clone(),
-                        index,
-                        topic: Arc::from(tp.topic.as_str()),
-                        partition: tp.partition,
-                        position,
-                        events: tx.clone(),
-                    }
-                    .run(),
-                )
-            })
+            .filter(|(tp, s)| !s.stopped && !self.session.is_running(tp))
+            .map(|(tp, _)| tp.clone())
             .collect();
-        self.session = Some(Session {
-            tps,
-            rx,
-            tasks,
-            current: None,
-            finished: false,
-        });
+        for tp in idle {
+            let position = self.position(&tp).await?;
+            self.session.start(&self.conn, &self.config, &tp, position);
+        }
         Ok(())
     }
 
     /// The next record from any assigned partition; `None` when nothing is assigned
-    /// or every partition stopped on a fatal error. Cancel-safe: dropping the future
-    /// loses no record.
+    /// (and the consumer is not subscribed) or every assigned partition stopped on a
+    /// fatal error. A subscribed consumer also applies the group's assignment changes
+    /// and auto-commits here. Cancel-safe: dropping the future loses no record.
     pub async fn recv(&mut self) -> Option<Result<ConsumerRecord>> {
         loop {
-            if self.parts.is_empty() {
+            if self.group.is_some() {
+                if let Err(e) = self.maintain_group().await {
+                    return Some(Err(e));
+                }
+            } else if self.parts.values().all(|s| s.stopped) {
                 return None;
             }
-            if self.session.is_none()
-                && let Err(e) = self.start_session().await
-            {
+            if let Err(e) = self.start_fetching().await {
                 return Some(Err(e));
             }
-            let session = self.session.as_mut()?;
-            if session.finished {
-                return None;
+            if let Some(record) = self.session.next_buffered() {
+                let tp = TopicPartition::new(&*record.topic, record.partition);
+                if let Some(state) = self.parts.get_mut(&tp) {
+                    state.position = Some(record.offset + 1);
+                }
+                return Some(Ok(record));
             }
-            if let Some((index, records)) = &mut session.current {
-                if let Some(record) = records.next() {
-                    if let Some(state) = self.parts.get_mut(&session.tps[*index]) {
-                        state.position = Some(record.offset + 1);
+            let due = self.auto_commit_due();
+            let wake = match self.group.as_mut() {
+                Some(g) => {
+                    tokio::select! {
+                        (tp, event) = self.session.next_event() => Wake::Fetch(tp, event),
+                        event = g.events.recv() => Wake::Group(event),
+                        () = sleep_until(due) => Wake::Timer,
                     }
-                    return Some(Ok(record));
-                }
-                session.current = None;
-            }
-            match session.rx.recv().await {
-                Some(FetchEvent::Records {
-                    index,
-                    records,
-                    high_watermark,
-                }) => {
-                    if let Some(state) = self.parts.get_mut(&session.tps[index]) {
-                        state.high_watermark = Some(high_watermark);
-                    }
-                    session.current = Some((index, records.into_iter()));
-                }
-                Some(FetchEvent::Reset { index, offset }) => {
-                    if let Some(state) = self.parts.get_mut(&session.tps[index]) {
-                        state.position = Some(offset);
-                    }
-                }
-                Some(FetchEvent::Error {
-                    index,
-                    error,
-                    fatal,
-                }) => {
-                    if fatal {
-                        tracing::warn!(partition = %session.tps[index], %error, "stopped fetching");
-                    }
-                    return Some(Err(error));
                 }
                 None => {
-                    session.finished = true;
-                    return None;
+                    let (tp, event) = self.session.next_event().await;
+                    Wake::Fetch(tp, event)
                 }
+            };
+            let handled = match wake {
+                Wake::Fetch(tp, event) => self.on_fetch_event(tp, event),
+                Wake::Group(Some(event)) => self.on_group_event(event),
+                Wake::Group(None) => Err(ClientError::Closed(
+                    "the consumer's group membership stopped".into(),
+                )),
+                Wake::Timer => Ok(()),
+            };
+            if let Err(e) = handled {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn on_fetch_event(&mut self, tp: TopicPartition, event: FetchEvent) -> Result<()> {
+        match event {
+            FetchEvent::Records {
+                records,
+                high_watermark,
+                ..
+            } => {
+                if let Some(state) = self.parts.get_mut(&tp) {
+                    state.high_watermark = Some(high_watermark);
+                }
+                self.session.buffer(tp, records);
+                Ok(())
+            }
+            FetchEvent::Reset { offset, .. } => {
+                if let Some(state) = self.parts.get_mut(&tp) {
+                    state.position = Some(offset);
+                }
+                Ok(())
+            }
+            FetchEvent::Error { error, fatal, .. } => {
+                if fatal {
+                    tracing::warn!(partition = %tp, %error, "stopped fetching");
+                    if let Some(state) = self.parts.get_mut(&tp) {
+                        state.stopped = true;
+                    }
+                    self.session.forget(&tp);
+                }
+                Err(error)
             }
         }
     }
@@ -327,6 +373,13 @@ impl Consumer {
             Some((item, consumer))
         })
         .boxed()
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -8,13 +8,24 @@
 //! `--from-time TS`; without any, the beginning when not following (a snapshot of
 //! the topic, like `kcat -e`) and the end with `--follow` (only new records, like
 //! `kafka-console-consumer`).
+//!
+//! With `--group G` the command is a member of consumer group G: it reads the share
+//! of the topic's partitions the group gives it, from the group's committed offsets
+//! (partitions without one start as above), commits its position every
+//! `--commit-interval` and when it stops, and notes on stderr the partitions it is
+//! given and gives up. Without `--follow` it stops once its partitions are read up
+//! to where they ended when it got them.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use sluice_client::{Consumer, ConsumerConfig, Offset, OffsetReset, TopicPartition};
+use sluice_client::{
+    Consumer, ConsumerConfig, Offset, OffsetReset, RebalanceListener, TopicPartition,
+};
 
 use crate::output::{Template, record_json};
 use crate::{GlobalArgs, Io, OutputFormat, args};
@@ -48,6 +59,12 @@ pub struct ConsumeArgs {
     /// {topic}, e.g. '{offset} {key} {value}' (default: '{value}').
     #[arg(long, value_name = "TEMPLATE")]
     pub format: Option<Template>,
+    /// Read as a member of this consumer group, from its committed offsets.
+    #[arg(long, value_name = "GROUP", conflicts_with_all = ["offset", "from_time", "partition"])]
+    pub group: Option<String>,
+    /// With --group: how often the position is committed, e.g. 1s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::parse_duration)]
+    pub commit_interval: Duration,
 }
 
 impl ConsumeArgs {
@@ -66,6 +83,9 @@ impl ConsumeArgs {
 pub async fn run(a: ConsumeArgs, global: &GlobalArgs, io: &mut Io) -> anyhow::Result<()> {
     if a.format.is_some() && global.output == OutputFormat::Json {
         bail!("--format and --output json cannot be combined: pick one");
+    }
+    if let Some(group) = a.group.clone() {
+        return run_group(&a, &group, global, io).await;
     }
     let conn = global.connect().await?;
     let topic = conn
@@ -155,6 +175,133 @@ pub async fn run(a: ConsumeArgs, global: &GlobalArgs, io: &mut Io) -> anyhow::Re
     }
     io.stdout.flush()?;
     Ok(())
+}
+
+/// Notes the group's changes to this member's partitions, for stderr.
+struct Notes(Arc<Mutex<Vec<String>>>);
+
+impl Notes {
+    fn push(&self, what: &str, partitions: &[TopicPartition]) {
+        let list: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{what}: {}", list.join(", ")));
+    }
+}
+
+impl RebalanceListener for Notes {
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        self.push("assigned", partitions);
+    }
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        self.push("revoked", partitions);
+    }
+    fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        self.push("lost", partitions);
+    }
+}
+
+/// How long a group member without `--follow` waits for a record before it checks
+/// whether it has read everything.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+async fn run_group(
+    a: &ConsumeArgs,
+    group: &str,
+    global: &GlobalArgs,
+    io: &mut Io,
+) -> anyhow::Result<()> {
+    let conn = global.connect().await?;
+    conn.topic(&a.topic)
+        .await
+        .with_context(|| format!("cannot consume '{}'", a.topic))?;
+    let reset = match a.start() {
+        Offset::Latest => OffsetReset::Latest,
+        _ => OffsetReset::Earliest,
+    };
+    let mut consumer = Consumer::new(
+        conn,
+        ConsumerConfig {
+            auto_offset_reset: reset,
+            auto_commit_interval: a.commit_interval,
+            client_id: "sluice-cli".into(),
+            ..ConsumerConfig::default()
+        },
+    )?;
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    consumer.set_rebalance_listener(Notes(notes.clone()));
+    consumer.subscribe(group, [a.topic.clone()])?;
+    let template = a.format.clone().unwrap_or_default();
+    let mut line = Vec::with_capacity(256);
+    let mut printed = 0u64;
+    // Where each partition stops without --follow: its end when first assigned here.
+    let mut ends: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    while a.max_records.is_none_or(|max| printed < max) {
+        let next = if a.follow {
+            Some(consumer.recv().await)
+        } else {
+            tokio::time::timeout(IDLE_CHECK, consumer.recv()).await.ok()
+        };
+        for note in std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner())) {
+            writeln!(io.stderr, "{note}")?;
+        }
+        match next {
+            Some(None) => break,
+            Some(Some(Ok(record))) => {
+                line.clear();
+                match global.output {
+                    OutputFormat::Table => template.render(&record, &mut line),
+                    OutputFormat::Json => line.extend_from_slice(record_json(&record).as_bytes()),
+                }
+                io.stdout.write_all(&line)?;
+                io.stdout.flush()?;
+                printed += 1;
+            }
+            Some(Some(Err(e))) if e.is_retriable() => {
+                writeln!(io.stderr, "warning: {e} (retrying)")?;
+            }
+            Some(Some(Err(e))) => {
+                return Err(e)
+                    .with_context(|| format!("cannot consume '{}' in group '{group}'", a.topic));
+            }
+            None => {}
+        }
+        if !a.follow && caught_up(&mut consumer, &mut ends).await? {
+            break;
+        }
+    }
+    io.stdout.flush()?;
+    consumer
+        .close()
+        .await
+        .with_context(|| format!("cannot leave group '{group}' cleanly"))
+}
+
+/// Whether every partition assigned here has been read up to its end as of when it
+/// was first seen assigned (and something is assigned).
+async fn caught_up(
+    consumer: &mut Consumer,
+    ends: &mut BTreeMap<TopicPartition, u64>,
+) -> anyhow::Result<bool> {
+    let assigned = consumer.assignment();
+    if assigned.is_empty() {
+        return Ok(false);
+    }
+    for tp in &assigned {
+        let end = match ends.get(tp) {
+            Some(&end) => end,
+            None => {
+                let end = consumer.offset_for(tp, Offset::Latest).await?;
+                ends.insert(tp.clone(), end);
+                end
+            }
+        };
+        if consumer.position(tp).await? < end {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

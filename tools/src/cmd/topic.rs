@@ -15,7 +15,11 @@ pub enum TopicCommand {
     /// Create a topic.
     Create(CreateArgs),
     /// List topics.
-    List,
+    List {
+        /// Also list internal topics (__consumer_offsets).
+        #[arg(long)]
+        internal: bool,
+    },
     /// Show a topic's partitions: leader, replicas, in-sync replicas, offsets.
     Describe {
         /// Topic name.
@@ -81,7 +85,9 @@ pub async fn run(cmd: TopicCommand, global: &GlobalArgs, io: &mut Io) -> anyhow:
                 format,
             )
         }
-        TopicCommand::List => output::topic_list(&admin.list_topics().await?, format),
+        TopicCommand::List { internal } => {
+            output::topic_list(&admin.list_topics_with(internal).await?, format)
+        }
         TopicCommand::Describe { name } => {
             let d = admin
                 .describe_topic(&name)

@@ -1,0 +1,343 @@
+//! A consumer in a group: `subscribe`, the group's assignment applied inside `recv`,
+//! and committed offsets (manual, automatic, and the final commit before a partition
+//! is handed over).
+//!
+//! Assignment changes are applied between records, in `recv`: revoked partitions
+//! first (final commit if auto-commit is on, `on_revoked`, stop fetching, tell the
+//! coordinator they are released), then added ones (their committed offsets fetched,
+//! or `auto_offset_reset` applied, then `on_assigned`). Partitions that stay are not
+//! touched: they keep fetching throughout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::group::{GroupEvent, GroupMember, Subscription};
+use super::{Consumer, PartState, RebalanceListener};
+use crate::coordinator::Coordinator;
+use crate::error::{ClientError, Result};
+use crate::types::{Offset, OffsetAndMetadata, OffsetReset, TopicPartition};
+
+impl Consumer {
+    /// Joins consumer group `group` to read `topics`: the group's coordinator shares
+    /// their partitions among its members, and `recv` reads this member's share,
+    /// starting where the group last committed. Subscribing again to the same group
+    /// changes the topics; a different group needs [`Consumer::unsubscribe`] first.
+    pub fn subscribe<I, S>(&mut self, group: &str, topics: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+        if topics.is_empty() || topics.iter().any(String::is_empty) {
+            return Err(ClientError::InvalidArgument(
+                "subscribe needs at least one topic, and no empty names".into(),
+            ));
+        }
+        self.subscribe_with(
+            group,
+            Subscription {
+                topics,
+                regex: String::new(),
+            },
+        )
+    }
+
+    /// Like [`Consumer::subscribe`], for every topic whose whole name matches
+    /// `regex` (Rust `regex` syntax, matched by the coordinator), including topics
+    /// created later. Internal topics never match.
+    pub fn subscribe_pattern(&mut self, group: &str, regex: &str) -> Result<()> {
+        if regex.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the subscription pattern is empty".into(),
+            ));
+        }
+        self.subscribe_with(
+            group,
+            Subscription {
+                topics: Vec::new(),
+                regex: regex.to_string(),
+            },
+        )
+    }
+
+    fn subscribe_with(&mut self, group: &str, subscription: Subscription) -> Result<()> {
+        if group.is_empty() {
+            return Err(ClientError::InvalidArgument("a group needs an id".into()));
+        }
+        if let Some(g) = &self.group {
+            if g.group() == group {
+                g.resubscribe(subscription);
+                return Ok(());
+            }
+            return Err(ClientError::InvalidArgument(format!(
+                "already in group '{}': unsubscribe before joining '{group}'",
+                g.group()
+            )));
+        }
+        self.session.stop_all();
+        self.parts.clear();
+        self.committed.clear();
+        self.target = None;
+        self.last_auto_commit = Instant::now();
+        let coordinator = Coordinator::new(self.conn.clone(), group);
+        self.group = Some(GroupMember::join(coordinator, subscription, &self.config));
+        Ok(())
+    }
+
+    /// Sets the listener told of partitions assigned to and revoked from this member.
+    pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
+        self.listener = Some(std::sync::Mutex::new(Box::new(listener)));
+    }
+
+    fn listener(&mut self) -> Option<&mut Box<dyn RebalanceListener>> {
+        let l = self.listener.as_mut()?;
+        Some(l.get_mut().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// This member's id and epoch in its group, once it has joined.
+    pub fn group_member(&self) -> Option<(String, i32)> {
+        self.group
+            .as_ref()
+            .map(GroupMember::identity)
+            .filter(|(_, epoch)| *epoch > 0)
+    }
+
+    /// Leaves the group: commits the positions reached (with auto-commit on), calls
+    /// `on_revoked` for everything owned, stops fetching and tells the coordinator,
+    /// so the partitions move on at once. Nothing is assigned afterwards.
+    pub async fn unsubscribe(&mut self) -> Result<()> {
+        let Some(g) = self.group.take() else {
+            return Ok(());
+        };
+        let owned = self.assignment();
+        let committed = if self.config.enable_auto_commit {
+            g.commit(self.positions(&owned)).await
+        } else {
+            Ok(())
+        };
+        if !owned.is_empty()
+            && let Some(l) = self.listener()
+        {
+            l.on_revoked(&owned);
+        }
+        self.session.stop_all();
+        self.parts.clear();
+        self.target = None;
+        let left = g.leave().await;
+        committed.and(left)
+    }
+
+    /// Leaves the group (see [`Consumer::unsubscribe`]) and closes the consumer.
+    /// Dropping a consumer instead leaves its group only when its session expires,
+    /// as a crash would.
+    pub async fn close(mut self) -> Result<()> {
+        self.unsubscribe().await
+    }
+
+    fn member(&self) -> Result<&GroupMember> {
+        self.group.as_ref().ok_or_else(|| {
+            ClientError::InvalidArgument("committing needs a group: subscribe first".into())
+        })
+    }
+
+    /// The positions reached in `partitions` (those with one), to commit.
+    fn positions(&self, partitions: &[TopicPartition]) -> Vec<(TopicPartition, OffsetAndMetadata)> {
+        partitions
+            .iter()
+            .filter_map(|tp| {
+                let position = self.parts.get(tp)?.position?;
+                Some((tp.clone(), OffsetAndMetadata::new(position)))
+            })
+            .collect()
+    }
+
+    /// Commits the positions reached in every assigned partition (the offsets after
+    /// the records handed out) and waits until the coordinator has them.
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets = self.positions(&self.assignment());
+        self.commit_offsets(offsets.into_iter().collect()).await
+    }
+
+    /// Like [`Consumer::commit`] without waiting. Commits are sent in order; a
+    /// failure is logged (a later commit covers it).
+    pub fn commit_async(&mut self) -> Result<()> {
+        let offsets = self.positions(&self.assignment());
+        self.member()?.commit_async(offsets.clone())?;
+        self.note_committed(&offsets);
+        Ok(())
+    }
+
+    /// Commits the given offsets (each the offset of the next record to read, with
+    /// optional metadata) and waits. This member must own every partition in them.
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, OffsetAndMetadata>,
+    ) -> Result<()> {
+        let offsets: Vec<(TopicPartition, OffsetAndMetadata)> = offsets.into_iter().collect();
+        self.member()?.commit(offsets.clone()).await?;
+        self.note_committed(&offsets);
+        Ok(())
+    }
+
+    fn note_committed(&mut self, offsets: &[(TopicPartition, OffsetAndMetadata)]) {
+        for (tp, o) in offsets {
+            self.committed.insert(tp.clone(), o.offset);
+        }
+    }
+
+    /// The group's committed offsets of `partitions` (assigned here or not); those
+    /// without a commit are left out.
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, OffsetAndMetadata>> {
+        Ok(self
+            .member()?
+            .committed(partitions)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// When the next automatic commit is due, if auto-commit is on.
+    pub(super) fn auto_commit_due(&self) -> Option<Instant> {
+        self.config
+            .enable_auto_commit
+            .then(|| self.last_auto_commit + self.config.auto_commit_interval)
+    }
+
+    /// Sends (without waiting) the positions that moved since they were last
+    /// committed, if an automatic commit is due.
+    fn auto_commit(&mut self) -> Result<()> {
+        if self
+            .auto_commit_due()
+            .is_none_or(|due| Instant::now() < due)
+        {
+            return Ok(());
+        }
+        self.last_auto_commit = Instant::now();
+        let moved: Vec<(TopicPartition, OffsetAndMetadata)> = self
+            .positions(&self.assignment())
+            .into_iter()
+            .filter(|(tp, o)| self.committed.get(tp) != Some(&o.offset))
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        self.member()?.commit_async(moved.clone())?;
+        self.note_committed(&moved);
+        Ok(())
+    }
+
+    /// Takes what the group said since the last call, applies a new assignment, and
+    /// auto-commits if due.
+    pub(super) async fn maintain_group(&mut self) -> Result<()> {
+        while let Some(event) = self.group.as_mut().and_then(|g| g.events.try_recv().ok()) {
+            self.on_group_event(event)?;
+        }
+        if let Some(target) = self.target.take()
+            && let Err(e) = self.apply_assignment(&target).await
+        {
+            // Try again on the next call (unless a newer assignment came meanwhile).
+            self.target.get_or_insert(target);
+            return Err(e);
+        }
+        self.auto_commit()
+    }
+
+    pub(super) fn on_group_event(&mut self, event: GroupEvent) -> Result<()> {
+        match event {
+            GroupEvent::Assignment(target) => {
+                self.target = Some(target);
+                Ok(())
+            }
+            GroupEvent::Lost(why) => {
+                let lost = self.assignment();
+                tracing::warn!(%why, partitions = lost.len(), "lost the group's partitions");
+                if !lost.is_empty()
+                    && let Some(l) = self.listener()
+                {
+                    l.on_lost(&lost);
+                }
+                self.session.stop_all();
+                self.parts.clear();
+                self.target = None;
+                Ok(())
+            }
+            GroupEvent::Error { error, fatal } => {
+                if fatal {
+                    self.group = None;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Moves from what this member owns to `target`: revoke, then add.
+    async fn apply_assignment(&mut self, target: &BTreeSet<TopicPartition>) -> Result<()> {
+        let owned: BTreeSet<TopicPartition> = self.parts.keys().cloned().collect();
+        let revoked: Vec<TopicPartition> = owned.difference(target).cloned().collect();
+        let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
+        if !revoked.is_empty() {
+            if self.config.enable_auto_commit {
+                let offsets = self.positions(&revoked);
+                match self.member()?.commit(offsets.clone()).await {
+                    Ok(()) => self.note_committed(&offsets),
+                    Err(e) => tracing::warn!(%e, "final commit of revoked partitions failed"),
+                }
+            }
+            if let Some(l) = self.listener() {
+                l.on_revoked(&revoked);
+            }
+            for tp in &revoked {
+                self.parts.remove(tp);
+                self.committed.remove(tp);
+                self.session.stop(tp);
+            }
+            self.member()?
+                .set_owned(self.parts.keys().cloned().collect());
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        let committed: BTreeMap<TopicPartition, OffsetAndMetadata> = self
+            .member()?
+            .committed(&added)
+            .await?
+            .into_iter()
+            .collect();
+        let mut without_offset = Vec::new();
+        for tp in &added {
+            let mut state = PartState::default();
+            match committed.get(tp) {
+                Some(c) => {
+                    state.pending = Some(Offset::At(c.offset));
+                    self.committed.insert(tp.clone(), c.offset);
+                }
+                None => match self.config.auto_offset_reset {
+                    OffsetReset::Earliest => state.pending = Some(Offset::Earliest),
+                    OffsetReset::Latest => state.pending = Some(Offset::Latest),
+                    OffsetReset::None => {
+                        state.stopped = true;
+                        without_offset.push(tp.to_string());
+                    }
+                },
+            }
+            self.parts.insert(tp.clone(), state);
+        }
+        self.member()?
+            .set_owned(self.parts.keys().cloned().collect());
+        if let Some(l) = self.listener() {
+            l.on_assigned(&added);
+        }
+        if without_offset.is_empty() {
+            Ok(())
+        } else {
+            Err(ClientError::NoOffset(format!(
+                "{} ha{} no committed offset and auto_offset_reset is None: seek to read",
+                without_offset.join(", "),
+                if without_offset.len() == 1 { "s" } else { "ve" }
+            )))
+        }
+    }
+}
