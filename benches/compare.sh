@@ -23,6 +23,7 @@
 #   --runs N     runs of everything (default 3); the table shows medians
 #   --only LIST  systems to run (default sluice,nats,redis)
 #   --duration   seconds of each throughput and latency workload (default 15)
+#   --backlog-mib  size of W4's backlog (default 2048; 256 with --quick)
 #   --profile    instead of the comparison: `perf record` the Sluice broker and the
 #                `sluice perf` client during W1 and W2, and print their hot paths
 # Results (JSON per run, logs, the table) are under target/compare/.
@@ -77,20 +78,6 @@ need_cmds "${deps[@]}"
 selected nats && install_nats_server
 if selected nats || selected redis; then build_all --with-peers; else build_all; fi
 
-# The value of a field of a result file (a dotted path), or "" if absent.
-field() {
-  python3 - "$1" "$2" <<'EOF'
-import json, sys
-try:
-    v = json.load(open(sys.argv[1]))
-    for k in sys.argv[2].split("."):
-        v = v[k]
-    print(v)
-except (OSError, ValueError, KeyError, TypeError):
-    print("")
-EOF
-}
-
 # Runs a load command with its JSON summary to $out, stderr to $out.log.
 measure() {
   local out=$1; shift
@@ -106,9 +93,10 @@ measure() {
 run_machine() {
   local dir=$1 port pid
   log "machine: dd conv=fdatasync ($DD_MIB MiB), iperf3 loopback ($IPERF_SECS s)"
-  dd if=/dev/zero of="$WORK/dd.bin" bs=1M count="$DD_MIB" conv=fdatasync 2>"$dir/dd.txt"
+  # A baseline that fails leaves its result out of the table; the systems still run.
+  dd if=/dev/zero of="$WORK/dd.bin" bs=1M count="$DD_MIB" conv=fdatasync 2>"$dir/dd.txt" || true
   rm -f "$WORK/dd.bin"
-  python3 - "$dir/dd.txt" >"$dir/machine-dd.json" <<'EOF'
+  python3 - "$dir/dd.txt" >"$dir/machine-dd.json" <<'EOF' || rm -f "$dir/machine-dd.json"
 import json, re, sys
 text = open(sys.argv[1]).read()
 m = re.search(r"^(\d+) bytes .* copied, ([\d.]+) s", text, re.M)
@@ -119,9 +107,9 @@ EOF
   spawn "$dir/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$port"
   pid=$LAST_PID
   wait_port "$port" "$pid" "iperf3 -s"
-  iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECS" -J >"$dir/iperf3.json"
+  iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECS" -J >"$dir/iperf3.json" || true
   stop_pid "$pid"
-  python3 - "$dir/iperf3.json" >"$dir/machine-iperf3.json" <<'EOF'
+  python3 - "$dir/iperf3.json" >"$dir/machine-iperf3.json" <<'EOF' || rm -f "$dir/machine-iperf3.json"
 import json, sys
 bps = json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]
 print(json.dumps({"mb_per_sec": round(bps / 8 / 1e6, 3), "gbit_per_sec": round(bps / 1e9, 3)}))
@@ -277,7 +265,7 @@ run_profile() {
         --sort symbol -g caller,0.5,callee,function,percent --max-stack 24 2>/dev/null \
         >"$dir/$w-$side.tree.txt" || true
       echo "== $w $side: top self time (perf report --no-children --sort dso,symbol) =="
-      grep -E '^ +[0-9]' "$dir/$w-$side.flat.txt" | head -n 25
+      grep -E '^ +[0-9]' "$dir/$w-$side.flat.txt" | head -n 25 || true
     done
     echo "== $w result: $(cat "$dir/$w.json")"
   done

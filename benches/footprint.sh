@@ -83,32 +83,33 @@ profile_idle() {
   perf report -i "$out.data" --no-children --stdio --percent-limit 1 --sort dso,symbol -g none \
     2>/dev/null >"$out.flat.txt" || true
   echo "Top self time of the idle broker (perf report -i $out.data --no-children --sort dso,symbol):"
-  grep -E '^ +[0-9]' "$out.flat.txt" | head -n 20
+  grep -E '^ +[0-9]' "$out.flat.txt" | head -n 20 || true
 }
 
 over_target() {
   python3 -c "import sys; sys.exit(0 if max(map(float, '$1'.split(','))) > $TARGET_PCT else 1)"
 }
 
-rf1=null rf3=null
-log "idle partitions: one broker, $PARTITIONS partitions, RF1"
-start_sluice "$DATA/idle-rf1" 1
-rf1=$(measure_idle 1 1)
-cpu=$(python3 -c "import json,sys; print(','.join(map(str, json.loads(sys.argv[1])['cpu_pct_of_core_per_broker'])))" "$rf1")
-log "  CPU: $cpu % of a core"
-over_target "$cpu" && profile_idle "${SLUICE_PIDS[0]}" 1
-stop_sluice
-rm -rf "$DATA/idle-rf1"
-
-if [[ $RF3 == 1 ]]; then
-  log "idle partitions: three brokers, $PARTITIONS partitions, RF3"
-  start_sluice "$DATA/idle-rf3" 3
-  rf3=$(measure_idle 3 3)
-  cpu=$(python3 -c "import json,sys; print(','.join(map(str, json.loads(sys.argv[1])['cpu_pct_of_core_per_broker'])))" "$rf3")
+# One case on fresh brokers: RF $1 on $2 brokers; leaves its JSON in IDLE_RESULT. (The
+# brokers start here, not in a subshell, so the exit trap knows them.)
+idle_case() {
+  local rf=$1 brokers=$2 cpu
+  log "idle partitions: $brokers broker(s), $PARTITIONS partitions, RF$rf"
+  start_sluice "$DATA/idle-rf$rf" "$brokers"
+  IDLE_RESULT=$(measure_idle "$rf" "$brokers")
+  cpu=$(python3 -c "import json,sys; print(','.join(map(str, json.loads(sys.argv[1])['cpu_pct_of_core_per_broker'])))" "$IDLE_RESULT")
   log "  CPU per broker: $cpu % of a core"
-  over_target "$cpu" && profile_idle "${SLUICE_PIDS[0]}" 3
+  if over_target "$cpu"; then profile_idle "${SLUICE_PIDS[0]}" "$rf"; fi
   stop_sluice
-  rm -rf "$DATA/idle-rf3"
+  rm -rf "$DATA/idle-rf$rf"
+}
+
+rf1=null rf3=null
+idle_case 1 1
+rf1=$IDLE_RESULT
+if [[ $RF3 == 1 ]]; then
+  idle_case 3 3
+  rf3=$IDLE_RESULT
 fi
 
 echo "{\"rf1\": $rf1, \"rf3\": $rf3}" | python3 -m json.tool | tee "$RESULTS/footprint-idle.json"

@@ -233,3 +233,75 @@ where
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn produce(args: &[&str]) -> ProduceArgs {
+        let cli = Cli::try_parse_from(
+            [
+                "peer-perf",
+                "--system",
+                "nats",
+                "--url",
+                "nats://x",
+                "produce",
+            ]
+            .iter()
+            .chain(args),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Produce(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_window_is_what_the_sluice_producer_has_in_flight() {
+        let sluice = sluice_client::ProducerConfig::default();
+        let a = produce(&[
+            "--topic",
+            "w1",
+            "--partitions",
+            "8",
+            "--record-size",
+            "1024",
+        ]);
+        assert_eq!(a.load.batch_bytes as usize, sluice.batch_bytes);
+        assert_eq!(a.load.max_in_flight as usize, sluice.max_in_flight);
+        let shape = a.load.shape(None);
+        assert_eq!(shape.batch_records, 64);
+        assert_eq!(shape.window_records, 64 * 5 * 8);
+        let small = produce(&["--topic", "w2", "--partitions", "8", "--record-size", "100"]);
+        assert_eq!(small.load.shape(None).batch_records, 655);
+    }
+
+    #[test]
+    fn records_and_rate_are_optional_and_checked() {
+        let a = produce(&["--topic", "t", "--record-size", "64", "--records", "10"]);
+        let shape = a.load.shape(a.rate);
+        assert_eq!((shape.records, shape.rate), (Some(10), None));
+        assert_eq!(shape.duration, Duration::from_secs(3600));
+        for bad in [
+            &["--topic", "t", "--record-size", "4"][..],
+            &["--topic", "t", "--record-size", "64", "--records", "0"],
+            &["--topic", "t", "--record-size", "64", "--rate", "0"],
+            &["--topic", "t", "--record-size", "64", "--partitions", "0"],
+        ] {
+            let args = [
+                "peer-perf",
+                "--system",
+                "redis",
+                "--url",
+                "redis://x",
+                "produce",
+            ];
+            assert!(
+                Cli::try_parse_from(args.iter().chain(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -204,3 +204,50 @@ fn entries_into(entries: Value, values: &mut Vec<Bytes>) -> anyhow::Result<Optio
     }
     Ok(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, value: &str) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(vec![bulk("v"), bulk(value)])])
+    }
+
+    #[test]
+    fn xread_replies_parse_in_resp2_and_resp3_form() {
+        let entries = || Value::Array(vec![entry("1-0", "a"), entry("2-0", "b")]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("t:0"), entries()])]);
+        let resp3 = Value::Map(vec![(bulk("t:0"), entries())]);
+        for reply in [resp2, resp3] {
+            let streams = streams_of(reply).unwrap();
+            assert_eq!(streams.len(), 1);
+            let (key, entries) = streams.into_iter().next().unwrap();
+            assert_eq!(key, b"t:0");
+            let mut values = Vec::new();
+            let last = entries_into(entries, &mut values).unwrap();
+            assert_eq!(last.as_deref(), Some("2-0"));
+            assert_eq!(values, [Bytes::from("a"), Bytes::from("b")]);
+        }
+        assert!(streams_of(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_stream_entries_are_errors() {
+        let mut values = Vec::new();
+        assert!(entries_into(Value::Int(1), &mut values).is_err());
+        let no_fields = Value::Array(vec![Value::Array(vec![bulk("1-0")])]);
+        assert!(entries_into(no_fields, &mut values).is_err());
+        let two_fields = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            Value::Array(vec![bulk("v"), bulk("a"), bulk("w"), bulk("b")]),
+        ])]);
+        assert!(entries_into(two_fields, &mut values).is_err());
+        assert!(values.is_empty());
+        assert!(streams_of(Value::Array(vec![Value::Int(3)])).is_err());
+        assert!(streams_of(Value::Okay).is_err());
+    }
+}
