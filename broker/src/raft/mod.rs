@@ -47,7 +47,7 @@ use network::TransportError;
 use state_machine::{StateMachine, StateMachineError};
 
 pub use log_store::DEFAULT_MAX_APPEND_BYTES;
-pub use network::{GroupRegistry, Network, NetworkOptions, RaftService};
+pub use network::{GroupRegistry, Network, NetworkOptions, PeerDial, RaftService};
 pub use state_machine::{ApplyHook, CheckpointPolicy, PartitionSnapshot};
 pub use types::{Applied, BasicNode, NodeId, RecordBatch, TypeConfig};
 
