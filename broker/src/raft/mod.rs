@@ -180,6 +180,18 @@ impl RaftTuning {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             enable_pre_vote: Some(true),
+            // A follower's log can end before entries it acknowledged: recovery cuts a
+            // frame that fails its CRC (a bad sector, a damaged file), and the replica
+            // comes back shorter. The leader then replicates to it again from where its
+            // log really ends, instead of asserting that logs never shrink. The entries
+            // are safe as long as the rest of the majority holds them: damage on one
+            // replica is one failure.
+            allow_log_reversion: Some(true),
+            // A restarted leader always stands for election instead of resuming its old
+            // term: its log may have lost a tail it had already sent (a torn write, a
+            // corrupt frame cut by recovery), and new entries in the same term at those
+            // indexes would carry the same log ids as the copies followers hold.
+            enable_leader_restore: Some(false),
             ..Config::default()
         }
         .validate()
@@ -414,6 +426,16 @@ impl Replica {
         self.raft.as_leader().is_ok()
     }
 
+    /// Why openraft stopped this replica on its own (a storage error such as a full
+    /// disk, or a panic); `None` while it runs or after [`Replica::shutdown`]. A
+    /// stopped replica answers nothing until it is started again from its files.
+    pub fn stopped_by(&self) -> Option<String> {
+        match &self.raft.metrics().borrow_watched().running_state {
+            Ok(()) | Err(Fatal::Stopped) => None,
+            Err(f) => Some(self.fatal(f.clone()).to_string()),
+        }
+    }
+
     /// Voters holding every committed entry, as the leader sees them (the leader
     /// included). Empty on a follower, which cannot tell.
     pub fn in_sync_replicas(&self) -> Vec<NodeId> {
@@ -488,6 +510,11 @@ impl Replica {
     pub async fn submit(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
         // A batch the log cannot index would fail the append and stop the group.
         BatchHeader::parse(&batch)?;
+        // A replica stopped by its storage (a full disk) says so, rather than passing
+        // for a leader it no longer is.
+        if let Some(e) = self.failure.get() {
+            return Err(ReplicaError::Storage(e));
+        }
         self.ensure_leader()?;
         let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
         let (responder, completed) = match acks {
