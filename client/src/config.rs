@@ -208,7 +208,17 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Codec for the records of each batch. Default none.
     pub compression: Compression,
+    /// Idempotent produce, in effect with `acks: All` (the default): the producer
+    /// gets a producer id from the cluster and numbers its batches per partition, and
+    /// partition leaders append each batch once however often it is retried, so
+    /// retries and leader failovers neither duplicate nor reorder records. Needs
+    /// `max_in_flight` of at most [`MAX_IDEMPOTENT_IN_FLIGHT`]. Default true.
+    pub idempotence: bool,
 }
+
+/// The most batches per partition an idempotent producer keeps in flight: brokers
+/// remember the last few batches of each producer to answer retries of them.
+pub const MAX_IDEMPOTENT_IN_FLIGHT: usize = 5;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -225,11 +235,18 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),
             compression: Compression::None,
+            idempotence: true,
         }
     }
 }
 
 impl ProducerConfig {
+    /// Whether batches are stamped for idempotent produce (`idempotence` with
+    /// `acks: All`; weaker acks do not promise the durability dedupe relies on).
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotence && self.acks == Acks::All
+    }
+
     /// Checks the settings; [`crate::Producer::new`] calls this.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(ClientError::InvalidArgument(msg));
@@ -249,6 +266,12 @@ impl ProducerConfig {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be at least 1".into());
+        }
+        if self.is_idempotent() && self.max_in_flight > MAX_IDEMPOTENT_IN_FLIGHT {
+            return bad(format!(
+                "max_in_flight {} exceeds {MAX_IDEMPOTENT_IN_FLIGHT}, the most an idempotent producer may keep in flight per partition: lower it or set idempotence to false",
+                self.max_in_flight
+            ));
         }
         nonzero(self.request_timeout, "request_timeout")?;
         nonzero(self.delivery_timeout, "delivery_timeout")?;
@@ -365,8 +388,26 @@ mod tests {
                 linger: Duration::from_secs(1),
                 ..base.clone()
             },
+            ProducerConfig {
+                max_in_flight: MAX_IDEMPOTENT_IN_FLIGHT + 1,
+                ..base.clone()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        for good in [
+            ProducerConfig {
+                max_in_flight: MAX_IDEMPOTENT_IN_FLIGHT + 1,
+                idempotence: false,
+                ..base.clone()
+            },
+            ProducerConfig {
+                max_in_flight: 64,
+                acks: Acks::Leader,
+                ..base.clone()
+            },
+        ] {
+            assert!(!good.is_idempotent() && good.validate().is_ok(), "{good:?}");
         }
     }
 }

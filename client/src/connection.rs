@@ -464,6 +464,26 @@ impl Connection {
         }
     }
 
+    /// A producer id (and epoch) for idempotent produce, from the controller.
+    pub(crate) async fn init_producer_id(&self) -> Result<(i64, i16)> {
+        self.call(Target::Controller, |mut c| async move {
+            let resp = c
+                .init_producer_id(v1::InitProducerIdRequest {})
+                .await?
+                .into_inner();
+            check(resp.error)?;
+            let epoch =
+                i16::try_from(resp.producer_epoch).map_err(|_| ClientError::InvalidRequest {
+                    message: format!(
+                        "the broker handed out producer epoch {}, outside Kafka's range",
+                        resp.producer_epoch
+                    ),
+                })?;
+            Ok((resp.producer_id, epoch))
+        })
+        .await
+    }
+
     /// Resolves a start position to an offset with the partition leader's
     /// `ListOffsets` (`Offset::At` needs no request).
     pub async fn list_offset(&self, topic: &str, partition: u32, offset: Offset) -> Result<u64> {

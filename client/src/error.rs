@@ -102,6 +102,10 @@ pub enum ClientError {
     /// `SHUTTING_DOWN`: the broker is stopping; another replica will take over.
     #[error("broker shutting down: {message}")]
     ShuttingDown { message: String },
+    /// `PRODUCER_FENCED` (idempotent producers): the batch's epoch is older than
+    /// one the partition has seen.
+    #[error("producer fenced: {message}")]
+    ProducerFenced { message: String },
     /// An `ErrorCode` this client does not know (from a newer broker).
     #[error("broker error code {code}: {message}")]
     UnknownCode { code: i32, message: String },
@@ -181,6 +185,7 @@ impl ClientError {
             C::OutOfOrderSequence => ClientError::OutOfOrderSequence { message },
             C::UnknownProducer => ClientError::UnknownProducer { message },
             C::ShuttingDown => ClientError::ShuttingDown { message },
+            C::ProducerFenced => ClientError::ProducerFenced { message },
         })
     }
 
@@ -252,6 +257,7 @@ impl ClientError {
             ClientError::OutOfOrderSequence { .. } => C::OutOfOrderSequence,
             ClientError::UnknownProducer { .. } => C::UnknownProducer,
             ClientError::ShuttingDown { .. } => C::ShuttingDown,
+            ClientError::ProducerFenced { .. } => C::ProducerFenced,
             _ => return None,
         })
     }
@@ -376,9 +382,10 @@ mod tests {
             C::OutOfOrderSequence,
             C::UnknownProducer,
             C::ShuttingDown,
+            C::ProducerFenced,
         ];
         // The list above covers every code but NONE.
-        assert_eq!(all.len(), 21);
+        assert_eq!(all.len(), 22);
         for code in all {
             let msg = format!("message for {}", code.as_str_name());
             let err = ClientError::from_proto(proto(code as i32, &msg)).unwrap();

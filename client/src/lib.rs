@@ -54,7 +54,7 @@ pub use admin::{
 };
 pub use backoff::Backoff;
 pub use batch::{Compression, Header};
-pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
+pub use config::{ClientConfig, ConsumerConfig, MAX_IDEMPOTENT_IN_FLIGHT, ProducerConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerRecord};
 pub use error::{ClientError, Result};

@@ -17,6 +17,7 @@ use sluice_client::{
     Acks, Admin, ClientConfig, ClientError, Connection, Consumer, ConsumerConfig, NewTopic, Offset,
     OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
+use sluice_proto::batch::BatchHeader;
 use sluice_proto::v1;
 
 fn client_config(addrs: &[&str]) -> ClientConfig {
@@ -41,6 +42,19 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
         .expect("test step timed out")
+}
+
+/// A one-broker mock cluster with topic `topic`, and a connection to it.
+async fn one_broker_with_topic(topic: &str, partitions: u32) -> (Cluster, Connection) {
+    let cluster = Cluster::new();
+    let addr = cluster.start_broker(1).await;
+    let conn = within(Connection::connect(client_config(&[&addr])))
+        .await
+        .unwrap();
+    within(Admin::new(conn.clone()).create_topic(NewTopic::new(topic, partitions)))
+        .await
+        .unwrap();
+    (cluster, conn)
 }
 
 #[tokio::test]
@@ -195,14 +209,7 @@ async fn stale_leaders_and_controllers_are_followed_by_hint() {
 
 #[tokio::test]
 async fn retriable_produce_errors_are_retried_without_duplicates() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     cluster.state().produce_faults.extend([
         v1::ErrorCode::Timeout,
         v1::ErrorCode::ShuttingDown,
@@ -236,18 +243,36 @@ async fn retriable_produce_errors_are_retried_without_duplicates() {
     let want: Vec<Bytes> = (0..10).map(|i| Bytes::from(i.to_string())).collect();
     assert_eq!(stored, want, "in order, once each");
     assert!(cluster.state().produce_requests >= 4);
+    // Idempotent by default: one producer id, sequences numbering the records.
+    let stamps = stamps(&cluster, "t", 0);
+    let mut next = 0;
+    for (pid, epoch, seq, count) in stamps {
+        assert_eq!((pid, epoch, seq), (0, 0, next));
+        next += count;
+    }
+    assert_eq!(next, 10);
+}
+
+/// (producer id, epoch, base sequence, records) of each batch stored in a partition.
+fn stamps(cluster: &Cluster, topic: &str, partition: usize) -> Vec<(i64, i16, i32, i32)> {
+    cluster.state().topics[topic][partition]
+        .batches
+        .iter()
+        .map(|b| {
+            let h = BatchHeader::parse(b).unwrap();
+            (
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.record_count,
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn fatal_produce_errors_fail_the_records() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     cluster
         .state()
         .produce_faults
@@ -267,18 +292,29 @@ async fn fatal_produce_errors_fail_the_records() {
     .await
     .unwrap();
     assert_eq!(md.offset, 0);
+    // The failed batch left a gap in epoch 0's sequence: the partition moved on.
+    assert_eq!(stamps(&cluster, "t", 0), vec![(0, 1, 0, 1)]);
+}
+
+#[tokio::test]
+async fn without_idempotence_batches_are_not_stamped() {
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
+    let config = ProducerConfig {
+        idempotence: false,
+        ..producer_config()
+    };
+    let producer = Producer::new(conn, config).unwrap();
+    let ack = within(producer.send(ProducerRecord::new("t", "x")))
+        .await
+        .unwrap();
+    within(ack).await.unwrap();
+    assert_eq!(stamps(&cluster, "t", 0), vec![(-1, -1, -1, 1)]);
+    assert_eq!(cluster.state().producer_ids, 0, "no producer id requested");
 }
 
 #[tokio::test]
 async fn a_full_buffer_blocks_send_then_fails_with_buffer_full() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     cluster.state().withhold_produce = true;
     let producer = Producer::new(
         conn,
@@ -305,14 +341,7 @@ async fn a_full_buffer_blocks_send_then_fails_with_buffer_full() {
 
 #[tokio::test]
 async fn request_timeouts_resend_the_batch() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     cluster.state().withhold_produce = true;
     let producer = Producer::new(
         conn,
@@ -334,14 +363,7 @@ async fn request_timeouts_resend_the_batch() {
 
 #[tokio::test]
 async fn delivery_timeout_fails_records_that_never_get_through() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     cluster.state().withhold_produce = true;
     let producer = Producer::new(
         conn,
@@ -430,14 +452,7 @@ async fn following_consumers_get_records_as_they_commit() {
 
 #[tokio::test]
 async fn seeking_into_a_batch_skips_the_earlier_records() {
-    let cluster = Cluster::new();
-    let addr = cluster.start_broker(1).await;
-    let conn = within(Connection::connect(client_config(&[&addr])))
-        .await
-        .unwrap();
-    within(Admin::new(conn.clone()).create_topic(NewTopic::new("t", 1)))
-        .await
-        .unwrap();
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
     let producer = Producer::new(
         conn.clone(),
         ProducerConfig {

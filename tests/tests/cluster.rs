@@ -8,8 +8,9 @@
 //! (answered from that broker's own replicas) and with `Fetch` from each broker.
 //! The tests run one at a time (each runs three brokers on a small machine).
 //!
-//! Delivery is at least once for now (the idempotent producer is a separate piece of
-//! work): the tests count duplicates but only fail on loss.
+//! Producers are idempotent (the default): every test checks that each acknowledged
+//! record is stored exactly once and each partition keeps the order records were sent
+//! in, through failovers and restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -200,8 +201,10 @@ async fn produce_all(
     acked
 }
 
-/// Checks that every acknowledged value is in `records`; returns the duplicate count.
-fn assert_no_loss(acked: &BTreeSet<String>, records: &[Vec<(u64, String)>]) -> usize {
+/// Checks that every acknowledged value is in `records` exactly once, that no value
+/// is stored twice, and that within each partition the values of each tag (`{tag}-{i}`,
+/// sent in increasing `i`) are stored in the order they were sent.
+fn assert_exactly_once_in_order(acked: &BTreeSet<String>, records: &[Vec<(u64, String)>]) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, v) in records.iter().flatten() {
         *seen.entry(v.as_str()).or_default() += 1;
@@ -216,7 +219,29 @@ fn assert_no_loss(acked: &BTreeSet<String>, records: &[Vec<(u64, String)>]) -> u
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    seen.values().map(|n| n - 1).sum()
+    let twice: Vec<(&str, usize)> = seen.into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} record(s) stored more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    for (p, log) in records.iter().enumerate() {
+        let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for (offset, v) in log {
+            let Some((tag, i)) = v.rsplit_once('-') else {
+                continue;
+            };
+            let i: u64 = i.parse().expect("values are {tag}-{i}");
+            if let Some(&(prev, at)) = last.get(tag) {
+                assert!(
+                    i > prev,
+                    "partition {p}: {v} at offset {offset} follows {tag}-{prev} at offset {at}"
+                );
+            }
+            last.insert(tag, (i, *offset));
+        }
+    }
 }
 
 /// The leader of each partition of `topic`, as the brokers at `addrs` see it.
@@ -354,9 +379,9 @@ async fn replicated_topic_survives_leader_kill() {
     // The survivors agree and hold everything acknowledged.
     converged(&survivors, TOPIC, &hw, Duration::from_secs(15)).await;
     let records = assert_replicas_identical(&survivors, TOPIC, PARTITIONS).await;
-    let dups = assert_no_loss(&acked, &records);
+    assert_exactly_once_in_order(&acked, &records);
     println!(
-        "failover: {} acknowledged records all present, {dups} duplicate(s)",
+        "failover: {} acknowledged records all present once, in order",
         acked.len()
     );
 }
@@ -400,11 +425,8 @@ async fn stopped_follower_restarts_and_catches_up() {
     );
     let mut records = assert_replicas_identical(&addrs, "early", 3).await;
     records.extend(assert_replicas_identical(&addrs, "late", 3).await);
-    let dups = assert_no_loss(&acked, &records);
-    println!(
-        "follower: {} records present, {dups} duplicate(s)",
-        acked.len()
-    );
+    assert_exactly_once_in_order(&acked, &records);
+    println!("follower: {} records present once, in order", acked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,11 +460,8 @@ async fn all_brokers_restarted_lose_nothing_acknowledged() {
     acked.extend(produce_all(&producer, "durable", 3, "after", 300).await);
     converged(&addrs, "durable", &[300; 3], Duration::from_secs(20)).await;
     let records = assert_replicas_identical(&addrs, "durable", 3).await;
-    let dups = assert_no_loss(&acked, &records);
-    println!(
-        "restart: {} records present, {dups} duplicate(s)",
-        acked.len()
-    );
+    assert_exactly_once_in_order(&acked, &records);
+    println!("restart: {} records present once, in order", acked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,7 +498,7 @@ async fn any_broker_routes_to_partitions_it_does_not_host() {
         assert_eq!(r.len(), 100, "sparse/{}", p.partition);
         records.push(r);
     }
-    assert_eq!(assert_no_loss(&acked, &records), 0);
+    assert_exactly_once_in_order(&acked, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,5 +523,5 @@ async fn cluster_forms_and_serves_before_its_first_broker_starts() {
     let addrs = cluster.addrs();
     converged(&addrs, "without-1", &[100; 3], Duration::from_secs(20)).await;
     let records = assert_replicas_identical(&addrs, "without-1", 3).await;
-    assert_no_loss(&acked, &records);
+    assert_exactly_once_in_order(&acked, &records);
 }

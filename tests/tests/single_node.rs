@@ -375,13 +375,9 @@ async fn produce_raw(
     replies.message().await.expect("reply").expect("one reply")
 }
 
+/// A batch without an idempotent producer's stamp.
 fn batch_of(values: &[&[u8]]) -> Bytes {
-    let mut b = BatchBuilder::new(Compression::None);
-    for v in values {
-        b.append(1_700_000_000_000, None, Some(v), &[])
-            .expect("append");
-    }
-    b.build()
+    stamped(-1, -1, -1, values)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,4 +501,106 @@ async fn bad_input_gets_typed_errors_and_the_broker_keeps_serving() {
         admin.describe_topic("missing").await,
         Err(ClientError::UnknownTopic { .. })
     ));
+}
+
+fn stamped(producer_id: i64, epoch: i16, first_seq: i32, values: &[&[u8]]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None).producer(producer_id, epoch, first_seq);
+    for v in values {
+        b.append(1_700_000_000_000, None, Some(v), &[])
+            .expect("append");
+    }
+    b.build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_batches_are_stored_once_and_sequence_gaps_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let mut client = raw_client(&broker).await;
+    let created = client
+        .create_topic(v1::CreateTopicRequest {
+            name: "idem".into(),
+            partitions: 1,
+            replication_factor: 0,
+            configs: Default::default(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(created.error.is_none(), "{:?}", created.error);
+    let id = client
+        .init_producer_id(v1::InitProducerIdRequest {})
+        .await
+        .expect("init producer id")
+        .into_inner();
+    assert!(id.error.is_none(), "{:?}", id.error);
+    let other = client
+        .init_producer_id(v1::InitProducerIdRequest {})
+        .await
+        .expect("init producer id")
+        .into_inner();
+    assert_ne!(id.producer_id, other.producer_id, "ids are unique");
+    let pid = id.producer_id;
+
+    let first = stamped(pid, 0, 0, &[b"a", b"b"]);
+    let r = produce_raw(&mut client, "idem", 0, first.clone()).await;
+    assert_eq!(
+        (code(&r.error), r.base_offset, r.duplicate),
+        (ErrorCode::None, 0, false)
+    );
+    // The same batch again (a retry after a lost answer): the original's offset.
+    let r = produce_raw(&mut client, "idem", 0, first.clone()).await;
+    assert_eq!(
+        (code(&r.error), r.base_offset, r.duplicate),
+        (ErrorCode::None, 0, true)
+    );
+    // A gap, a fresh producer not starting at 0, an old epoch: refused, nothing stored.
+    let r = produce_raw(&mut client, "idem", 0, stamped(pid, 0, 5, &[b"x"])).await;
+    assert_eq!(
+        code(&r.error),
+        ErrorCode::OutOfOrderSequence,
+        "{:?}",
+        r.error
+    );
+    let r = produce_raw(
+        &mut client,
+        "idem",
+        0,
+        stamped(other.producer_id, 0, 3, &[b"x"]),
+    )
+    .await;
+    assert_eq!(code(&r.error), ErrorCode::UnknownProducer, "{:?}", r.error);
+    let r = produce_raw(&mut client, "idem", 0, stamped(pid, 0, 2, &[b"c"])).await;
+    assert_eq!((code(&r.error), r.base_offset), (ErrorCode::None, 2));
+    let r = produce_raw(&mut client, "idem", 0, stamped(pid, 1, 0, &[b"d"])).await;
+    assert_eq!(
+        (code(&r.error), r.base_offset),
+        (ErrorCode::None, 3),
+        "a new epoch"
+    );
+    let r = produce_raw(&mut client, "idem", 0, stamped(pid, 0, 3, &[b"y"])).await;
+    assert_eq!(code(&r.error), ErrorCode::ProducerFenced, "{:?}", r.error);
+
+    // The producer state survives a crash: the retry is still recognized.
+    broker.restart();
+    let mut client = raw_client(&broker).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = produce_raw(&mut client, "idem", 0, stamped(pid, 1, 0, &[b"d"])).await;
+        if code(&r.error) != ErrorCode::NotLeader || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (code(&r.error), r.base_offset, r.duplicate),
+        (ErrorCode::None, 3, true)
+    );
+    let conn = connect(&broker).await;
+    let values: Vec<Bytes> = read_all(&conn, "idem", 4)
+        .await
+        .into_iter()
+        .map(|r| r.value.expect("value"))
+        .collect();
+    assert_eq!(values, [&b"a"[..], b"b", b"c", b"d"]);
 }

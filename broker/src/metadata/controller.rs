@@ -135,6 +135,11 @@ impl Controller {
     /// Validates, commits and applies `cmd`. Only the controller leader accepts.
     pub async fn propose(&self, cmd: MetadataCommand) -> Result<(), ControllerError> {
         let _one_at_a_time = self.propose_lock.lock().await;
+        self.propose_locked(cmd).await
+    }
+
+    /// [`Controller::propose`], with the propose lock held by the caller.
+    async fn propose_locked(&self, cmd: MetadataCommand) -> Result<(), ControllerError> {
         // During an election nobody leads; give it a moment rather than fail at once.
         if self.replica.leader().is_none() || self.replica.leader() == Some(self.replica.node_id())
         {
@@ -148,6 +153,23 @@ impl Controller {
         // Committed means applied: the hook ran before the write returned.
         self.replica.write(builder.build(), Acks::All).await?;
         Ok(())
+    }
+
+    /// Commits the next producer id for an idempotent producer and returns it.
+    pub async fn allocate_producer_id(&self) -> Result<i64, ControllerError> {
+        let _one_at_a_time = self.propose_lock.lock().await;
+        let id = self.state().next_producer_id();
+        self.propose_locked(MetadataCommand::AllocateProducerId { id })
+            .await?;
+        // Applied before the write returned; a lost race (a new controller handed out
+        // the id first) shows as the state not having moved past it.
+        if self.state().next_producer_id() <= id {
+            return Err(ControllerError::Invalid(MetadataError::ProducerIdTaken {
+                requested: id,
+                next: self.state().next_producer_id(),
+            }));
+        }
+        Ok(id)
     }
 
     pub fn replica(&self) -> &Replica {

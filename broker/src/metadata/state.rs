@@ -60,6 +60,10 @@ pub enum MetadataCommand {
         name: String,
         partitions: u32,
     },
+    /// Hands out producer id `id` (the next unused one) to an idempotent producer.
+    AllocateProducerId {
+        id: i64,
+    },
 }
 
 /// Why a command cannot be applied; each maps to a client error code.
@@ -81,6 +85,8 @@ pub enum MetadataError {
     InvalidConfig(#[from] ConfigError),
     #[error("undecodable metadata record: {0}")]
     Undecodable(String),
+    #[error("producer id {requested} is not the next free one ({next}); retry")]
+    ProducerIdTaken { requested: i64, next: i64 },
 }
 
 /// Checks a topic name against Kafka's rules.
@@ -126,6 +132,8 @@ pub struct MetadataState {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Next partition Raft group id; group 0 is the controller.
     next_group_id: u64,
+    /// Next idempotent producer id to hand out.
+    next_producer_id: i64,
 }
 
 impl MetadataState {
@@ -134,7 +142,13 @@ impl MetadataState {
             brokers: brokers.into_iter().map(|b| (b.id, b)).collect(),
             topics: BTreeMap::new(),
             next_group_id: 1,
+            next_producer_id: 0,
         }
+    }
+
+    /// The producer id the next [`MetadataCommand::AllocateProducerId`] must carry.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// Checks that `cmd` would apply cleanly to this state.
@@ -179,6 +193,15 @@ impl MetadataState {
                 }
                 Ok(())
             }
+            MetadataCommand::AllocateProducerId { id } => {
+                if *id != self.next_producer_id {
+                    return Err(MetadataError::ProducerIdTaken {
+                        requested: *id,
+                        next: self.next_producer_id,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -216,6 +239,9 @@ impl MetadataState {
                     self.place(&mut topic, *partitions);
                     self.topics.insert(name.clone(), topic);
                 }
+            }
+            MetadataCommand::AllocateProducerId { id } => {
+                self.next_producer_id = id + 1;
             }
         }
         Ok(())
@@ -343,5 +369,24 @@ mod tests {
         s.apply(&MetadataCommand::DeleteTopic { name: "t".into() })
             .expect("delete");
         assert!(s.topic("t").is_err());
+    }
+
+    #[test]
+    fn producer_ids_are_handed_out_once_each() {
+        let mut s = three_brokers();
+        for id in 0..3 {
+            assert_eq!(s.next_producer_id(), id);
+            s.apply(&MetadataCommand::AllocateProducerId { id })
+                .expect("allocate");
+        }
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&MetadataCommand::AllocateProducerId { id: 1 }),
+            Err(MetadataError::ProducerIdTaken {
+                requested: 1,
+                next: 3
+            })
+        );
+        assert_eq!(s, before);
     }
 }

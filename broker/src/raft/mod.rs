@@ -6,6 +6,7 @@
 //! - [`log_store`]: `RaftLogStorage`/`RaftLogReader` over the log, group-commit fsync.
 //! - [`state_machine`]: the thin state machine (applied id, membership, high watermark).
 //! - [`network`]: one gRPC service for all groups between two brokers.
+//! - [`producers`]: idempotent producers' sequences (dedupe of retried batches).
 //! - [`meta`]: the small atomically written state files.
 //! - this module: [`Replica`], the handle the rest of the broker uses.
 //!
@@ -17,6 +18,7 @@
 pub mod log_store;
 pub mod meta;
 pub mod network;
+pub mod producers;
 pub mod state_machine;
 pub mod types;
 
@@ -25,7 +27,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +46,7 @@ use crate::log::{Log, LogConfig, LogError};
 use log_store::{AckWaiter, LeaderAcks, LogStore, StorageFailure};
 use meta::{MetaState, MetaStore, StateFileError};
 use network::TransportError;
+use producers::{LeaderSequences, ProducerTable, SequenceError, Stamp, Verdict};
 use state_machine::{StateMachine, StateMachineError};
 
 pub use log_store::DEFAULT_MAX_APPEND_BYTES;
@@ -67,9 +70,14 @@ pub enum Acks {
 }
 
 /// A write whose place in the log is fixed and whose acknowledgement is to come.
-pub struct PendingWrite {
-    completed: Option<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>>,
-    leader_ack: Option<AckWaiter>,
+pub enum PendingWrite {
+    Submitted {
+        completed: Option<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>>,
+        leader_ack: Option<AckWaiter>,
+    },
+    /// A retry of a stamped batch already submitted: nothing new was appended; the
+    /// answer is the original's offset (known, or once the original applies).
+    Duplicate { stamp: Stamp, offset: Option<u64> },
 }
 
 /// Where an acknowledged write landed.
@@ -80,12 +88,21 @@ pub struct Written {
     /// The high watermark when the write was acknowledged. With [`Acks::All`] it covers
     /// the batch; with [`Acks::Leader`] it may not yet.
     pub high_watermark: u64,
+    /// The batch was a producer's retry of one already in the log, which is where
+    /// `base_offset` points; nothing was appended.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Error)]
 pub enum ReplicaError {
     #[error("{}", not_leader_message(.leader))]
     NotLeader { leader: Option<(NodeId, String)> },
+    /// A new leader still applying entries of earlier terms cannot check producer
+    /// sequences yet; it takes a round trip or two.
+    #[error("the new leader is catching up with earlier terms; retry shortly")]
+    LeaderNotReady { leader: (NodeId, String) },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] HeaderError),
     #[error("partition storage failed: {0}")]
@@ -275,6 +292,10 @@ pub struct Replica {
     failure: Arc<StorageFailure>,
     registry: GroupRegistry,
     write_timeout: Duration,
+    /// Applied by the state machine; read by the leader's sequence checks.
+    producers: Arc<Mutex<ProducerTable>>,
+    /// Held across check and submit so stamped batches are checked in log order.
+    sequences: tokio::sync::Mutex<LeaderSequences>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -319,6 +340,7 @@ impl Replica {
         let fresh =
             log.last_id().is_none() && meta.state() == MetaState::default() && !sm_path.exists();
         let (sm, hw) = StateMachine::open(log.clone(), sm_path, hook, tuning.checkpoint)?;
+        let producers = sm.producers();
         let acks = Arc::new(LeaderAcks::default());
         let failure = Arc::new(StorageFailure::default());
         let store = LogStore::new(
@@ -352,6 +374,8 @@ impl Replica {
             failure,
             registry: registry.clone(),
             write_timeout: tuning.write_timeout,
+            producers,
+            sequences: tokio::sync::Mutex::new(LeaderSequences::default()),
         };
         let rank = fresh
             .then(|| init_order(&members, preferred_leader))
@@ -507,15 +531,59 @@ impl Replica {
     /// once it is durable: batches submitted one after another from one task are
     /// appended in that order, while their acknowledgements ([`Replica::complete`]) may
     /// be awaited concurrently. This is what lets a producer pipeline.
+    ///
+    /// A batch stamped by an idempotent producer is first checked against the
+    /// producer's sequences: a retry of a batch already in the log is not appended
+    /// again (its acknowledgement carries the original offset), and a gap or an older
+    /// epoch is refused with [`ReplicaError::Sequence`].
     pub async fn submit(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
         // A batch the log cannot index would fail the append and stop the group.
-        BatchHeader::parse(&batch)?;
+        let header = BatchHeader::parse(&batch)?;
         // A replica stopped by its storage (a full disk) says so, rather than passing
         // for a leader it no longer is.
         if let Some(e) = self.failure.get() {
             return Err(ReplicaError::Storage(e));
         }
         self.ensure_leader()?;
+        let Some(stamp) = Stamp::of(&header) else {
+            return self.submit_to_raft(batch, acks).await;
+        };
+        let mut sequences = self.sequences.lock().await;
+        let term = self.settled_term()?;
+        let verdict = sequences.check(term, &self.producer_table(), &stamp)?;
+        match verdict {
+            Verdict::Append => {
+                let pending = self.submit_to_raft(batch, acks).await?;
+                sequences.submitted(&stamp);
+                Ok(pending)
+            }
+            Verdict::Duplicate(offset) => Ok(PendingWrite::Duplicate { stamp, offset }),
+        }
+    }
+
+    fn producer_table(&self) -> std::sync::MutexGuard<'_, ProducerTable> {
+        self.producers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This leader's term, once every entry of earlier terms is applied (so the
+    /// producer table covers them): openraft's first entry in a new term is a blank
+    /// one, and it is applied only after everything before it.
+    fn settled_term(&self) -> Result<u64, ReplicaError> {
+        let (term, applied_term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_term, m.last_applied.map(|id| id.leader_id.term))
+        };
+        if applied_term == Some(term) {
+            return Ok(term);
+        }
+        let addr = self.leader_node().map(|(_, addr)| addr).unwrap_or_default();
+        Err(ReplicaError::LeaderNotReady {
+            leader: (self.node_id, addr),
+        })
+    }
+
+    async fn submit_to_raft(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
         let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
         let (responder, completed) = match acks {
             Acks::None => (None, None),
@@ -528,7 +596,7 @@ impl Replica {
             .client_write_ff(RecordBatch(batch), responder)
             .await
             .map_err(|f| self.fatal(f))?;
-        Ok(PendingWrite {
+        Ok(PendingWrite::Submitted {
             completed,
             leader_ack,
         })
@@ -538,14 +606,20 @@ impl Replica {
     /// majority (`All`), fsync on this leader (`Leader`, or commit if that comes first),
     /// or nothing (`None`).
     pub async fn complete(&self, pending: PendingWrite) -> Result<Written, ReplicaError> {
-        let PendingWrite {
-            completed,
-            leader_ack,
-        } = pending;
+        let (completed, leader_ack) = match pending {
+            PendingWrite::Submitted {
+                completed,
+                leader_ack,
+            } => (completed, leader_ack),
+            PendingWrite::Duplicate { stamp, offset } => {
+                return self.original_of(stamp, offset).await;
+            }
+        };
         let Some(completed) = completed else {
             return Ok(Written {
                 base_offset: None,
                 high_watermark: self.high_watermark(),
+                duplicate: false,
             });
         };
         let committed = async {
@@ -553,6 +627,7 @@ impl Replica {
                 Ok(Ok(resp)) => Ok(Written {
                     base_offset: Some(resp.data.base_offset),
                     high_watermark: resp.data.high_watermark,
+                    duplicate: false,
                 }),
                 Ok(Err(e)) => Err(self.client_write_error(e)),
                 Err(_) => Err(ReplicaError::Shutdown),
@@ -566,9 +641,47 @@ impl Replica {
                     Ok(base) = &mut waiter.appended => Ok(Written {
                         base_offset: Some(base),
                         high_watermark: self.high_watermark(),
+                        duplicate: false,
                     }),
                     done = committed => done,
                 },
+            }
+        };
+        tokio::time::timeout(self.write_timeout, wait)
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.write_timeout))?
+    }
+
+    /// The acknowledgement of a retried batch: where its original landed, waiting (up to
+    /// the write timeout) for an original that is submitted but not yet applied. If the
+    /// original is lost with this leader's term, the retry fails as "not leader" and the
+    /// producer resends it to the next leader.
+    async fn original_of(&self, stamp: Stamp, known: Option<u64>) -> Result<Written, ReplicaError> {
+        let written = |base| Written {
+            base_offset: Some(base),
+            high_watermark: self.high_watermark(),
+            duplicate: true,
+        };
+        if let Some(base) = known {
+            return Ok(written(base));
+        }
+        let mut hw = self.hw.clone();
+        let wait = async {
+            loop {
+                let applied = {
+                    let table = self.producer_table();
+                    (table.offset_of(&stamp), table.covers(&stamp))
+                };
+                match applied {
+                    (Some(base), _) => return Ok(written(base)),
+                    (None, true) => return Err(SequenceError::old_duplicate(&stamp).into()),
+                    (None, false) => {}
+                }
+                self.ensure_leader()?;
+                tokio::select! {
+                    changed = hw.changed() => changed.map_err(|_| ReplicaError::Shutdown)?,
+                    _ = tokio::time::sleep(DUPLICATE_POLL) => {}
+                }
             }
         };
         tokio::time::timeout(self.write_timeout, wait)
@@ -670,6 +783,10 @@ impl Replica {
         Ok(())
     }
 }
+
+/// How often a retry waiting for its original re-checks leadership when nothing
+/// applies meanwhile.
+const DUPLICATE_POLL: Duration = Duration::from_millis(50);
 
 /// How long each member after the first in line waits before it forms a new group
 /// itself (see [`ReplicaSpec::preferred_leader`]).

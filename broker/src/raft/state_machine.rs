@@ -15,8 +15,9 @@
 //! could lie anywhere in the log.) With an apply hook nothing is skipped: the state
 //! machine starts empty and openraft re-applies the whole log through the hook.
 //!
-//! A snapshot is tiny: the applied id and membership (in openraft's meta), the next
-//! offset and the log start offset. A follower installing one whose last entry its log
+//! A snapshot is small: the applied id and membership (in openraft's meta), the next
+//! offset, the log start offset and the idempotent producers' table (see
+//! [`super::producers`]), which the state machine keeps from every stamped batch. A follower installing one whose last entry its log
 //! lacks resets its log to start right after it.
 
 use std::io;
@@ -34,19 +35,23 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::meta::{StateFileError, read_state, write_state};
+use super::producers::{ProducerTable, Stamp};
 use super::types::{Applied, LogId, SnapshotMeta, StoredMembership, TypeConfig, entry_id};
 use crate::log::{Log, LogError};
 
 /// Called with each applied data batch and its base offset, in log order.
 pub type ApplyHook = Arc<dyn Fn(u64, &Bytes) + Send + Sync>;
 
-/// The snapshot data of a partition: where its offsets stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The snapshot data of a partition: where its offsets stand and what it knows of
+/// idempotent producers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSnapshot {
     /// The high watermark at the snapshot's last entry.
     pub next_offset: u64,
     /// The first offset still in the log of the replica that built the snapshot.
     pub log_start_offset: u64,
+    #[serde(default)]
+    pub producers: ProducerTable,
 }
 
 pub type GroupSnapshot = Snapshot<
@@ -160,6 +165,8 @@ pub struct StateMachine {
     hw: u64,
     hw_tx: watch::Sender<u64>,
     hook: Option<ApplyHook>,
+    /// Shared with the leader's sequence checks ([`super::Replica::submit`]).
+    producers: Arc<Mutex<ProducerTable>>,
     snapshots: Arc<SnapshotStore>,
     policy: CheckpointPolicy,
     since: SinceCheckpoint,
@@ -214,6 +221,10 @@ impl StateMachine {
             None => log.start_offset(),
         };
         let (hw_tx, hw_rx) = watch::channel(hw);
+        let producers = stored
+            .as_ref()
+            .map(|s| s.data.producers.clone())
+            .unwrap_or_default();
         let sm = Self {
             log,
             last_applied,
@@ -221,6 +232,7 @@ impl StateMachine {
             hw,
             hw_tx,
             hook,
+            producers: Arc::new(Mutex::new(producers)),
             snapshots: Arc::new(SnapshotStore {
                 path,
                 current: Mutex::new(stored),
@@ -236,6 +248,15 @@ impl StateMachine {
         self.hw
     }
 
+    /// The idempotent producers' table, updated as batches apply.
+    pub fn producers(&self) -> Arc<Mutex<ProducerTable>> {
+        self.producers.clone()
+    }
+
+    fn producer_table(&self) -> std::sync::MutexGuard<'_, ProducerTable> {
+        self.producers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn state_now(&self) -> StoredSnapshot {
         StoredSnapshot {
             meta: SnapshotMeta {
@@ -245,6 +266,7 @@ impl StateMachine {
             data: PartitionSnapshot {
                 next_offset: self.hw,
                 log_start_offset: self.log.start_offset(),
+                producers: self.producer_table().clone(),
             },
         }
     }
@@ -291,6 +313,9 @@ impl StateMachine {
         }
         self.hw += header.offset_count();
         self.since.bytes += batch.len() as u64;
+        if let Some(stamp) = Stamp::of(&header) {
+            self.producer_table().apply(&stamp, base);
+        }
         if let Some(hook) = &self.hook {
             hook(base, batch);
         }
@@ -345,6 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: PartitionSnapshot,
     ) -> io::Result<()> {
+        let (next_offset, producers) = (snapshot.next_offset, snapshot.producers.clone());
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: snapshot,
@@ -367,16 +393,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(io::Error::other)?
                 } else {
                     self.log
-                        .reset(snapshot.next_offset, Some(id))
+                        .reset(next_offset, Some(id))
                         .map_err(io::Error::other)?;
-                    snapshot.next_offset
+                    next_offset
                 }
             }
             None => {
                 save_snapshot(&self.snapshots, stored).await?;
-                snapshot.next_offset
+                next_offset
             }
         };
+        *self.producer_table() = producers;
         if self.hook.is_some() {
             tracing::warn!(
                 snapshot = ?meta.last_log_id,

@@ -375,6 +375,26 @@ impl Sluice for ClientApi {
             },
         }
     }
+
+    async fn init_producer_id(
+        &self,
+        _request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let node = self.node()?;
+        let reply = match node.controller.allocate_producer_id().await {
+            Ok(id) => v1::InitProducerIdResponse {
+                producer_id: id,
+                producer_epoch: 0,
+                error: None,
+            },
+            Err(e) => v1::InitProducerIdResponse {
+                producer_id: -1,
+                producer_epoch: -1,
+                error: Some(errors::from_controller(&e)),
+            },
+        };
+        Ok(Response::new(reply))
+    }
 }
 
 /// The first record in `batch` stamped at or after `ts`: within a batch, timestamps

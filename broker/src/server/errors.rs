@@ -10,6 +10,7 @@ use crate::log::LogError;
 use crate::metadata::ControllerError;
 use crate::metadata::state::MetadataError;
 use crate::raft::ReplicaError;
+use crate::raft::producers::SequenceError;
 
 /// An API error with `code` and a message a person can act on.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> v1::Error {
@@ -43,6 +44,8 @@ pub fn from_metadata(e: &MetadataError) -> v1::Error {
         MetadataError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
         MetadataError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         MetadataError::Undecodable(_) => ErrorCode::Internal,
+        // Only a controller change between reading and committing the id causes it.
+        MetadataError::ProducerIdTaken { .. } => ErrorCode::NotController,
     };
     error(code, e.to_string())
 }
@@ -72,6 +75,23 @@ pub fn from_replica(e: &ReplicaError) -> v1::Error {
                 addr: addr.clone(),
             }),
         },
+        ReplicaError::LeaderNotReady { leader: (id, addr) } => v1::Error {
+            code: ErrorCode::NotLeader as i32,
+            message: e.to_string(),
+            leader: Some(v1::Broker {
+                id: *id,
+                addr: addr.clone(),
+            }),
+        },
+        ReplicaError::Sequence(s) => {
+            let code = match s {
+                SequenceError::Fenced { .. } => ErrorCode::ProducerFenced,
+                SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+                SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducer,
+                SequenceError::OldDuplicate { .. } => ErrorCode::DuplicateSequence,
+            };
+            error(code, s.to_string())
+        }
         ReplicaError::Storage(log) => from_log(log),
         ReplicaError::InvalidBatch(e) => error(ErrorCode::CorruptBatch, e.to_string()),
         ReplicaError::Timeout(_) => error(ErrorCode::Timeout, e.to_string()),

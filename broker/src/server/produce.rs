@@ -81,6 +81,7 @@ pub fn serve(
                             correlation_id,
                             base_offset: 0,
                             error: None,
+                            duplicate: false,
                         };
                         if replies.send(Ok(reply)).await.is_err() {
                             break;
@@ -168,6 +169,7 @@ fn spawn_lane(partition: Arc<Partition>, replies: mpsc::Sender<Reply>) -> mpsc::
                             correlation_id,
                             base_offset: w.base_offset.unwrap_or_default(),
                             error: None,
+                            duplicate: w.duplicate,
                         },
                         Err(e) => failure(correlation_id, errors::from_replica(&e)),
                     };
@@ -186,5 +188,6 @@ fn failure(correlation_id: u64, error: v1::Error) -> v1::ProduceResponse {
         correlation_id,
         base_offset: 0,
         error: Some(error),
+        duplicate: false,
     }
 }

@@ -9,6 +9,9 @@
 //!   handing them out while the partition has fewer than `max_in_flight` requests
 //!   outstanding and is not backing off after a failure;
 //! - taking failed batches back in their original order (by batch id) for a retry;
+//! - for an idempotent producer, stamping each batch with the producer id, the
+//!   partition's epoch and its first record's sequence number as it is first sent,
+//!   and re-stamping batches left over from an epoch the producer abandoned;
 //! - tracking which batches are incomplete, for `flush`;
 //! - expiring batches that waited longer than the delivery timeout.
 
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_proto::batch::header::stamp_producer;
 use sluice_proto::batch::{BatchBuilder, Compression, Header};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::oneshot;
@@ -58,6 +62,8 @@ pub(crate) struct ProducerBatch {
     open: bool,
     /// Times this batch has been sent and failed.
     pub attempts: u32,
+    /// Idempotent produce: the epoch and first sequence number it was stamped with.
+    pub stamp: Option<(i16, i32)>,
     memory: Option<OwnedSemaphorePermit>,
 }
 
@@ -74,6 +80,19 @@ impl ProducerBatch {
             self.payload = Some(builder.build());
         }
         self.payload.clone().unwrap_or_default()
+    }
+
+    /// Stamps the batch for idempotent produce. Before the first send this goes into
+    /// the builder; a built batch is copied and its CRC recomputed.
+    fn stamp_with(&mut self, producer_id: i64, epoch: i16, first_seq: i32) {
+        if let Some(builder) = self.builder.take() {
+            self.builder = Some(builder.producer(producer_id, epoch, first_seq));
+        } else if let Some(payload) = &self.payload {
+            let mut buf = payload.to_vec();
+            stamp_producer(&mut buf, producer_id, epoch, first_seq);
+            self.payload = Some(Bytes::from(buf));
+        }
+        self.stamp = Some((epoch, first_seq));
     }
 
     /// Bytes the records take before compression (as counted against `batch_bytes`).
@@ -115,6 +134,17 @@ struct PartitionQueue {
     batches: VecDeque<ProducerBatch>,
     in_flight: usize,
     backoff_until: Option<Instant>,
+    /// Idempotent produce: epochs this partition moved past the producer's own
+    /// (after a batch failed for good), and the next record's sequence number.
+    epoch_bumps: i16,
+    next_seq: i32,
+}
+
+/// An idempotent producer's identity, from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerId {
+    pub id: i64,
+    pub epoch: i16,
 }
 
 /// Outcome of [`Accumulator::append`].
@@ -139,6 +169,8 @@ pub(crate) struct Accumulator {
     closing: bool,
     /// Ids of batches neither acknowledged nor failed (queued or in flight).
     incomplete: BTreeSet<u64>,
+    /// Set once an idempotent producer has its id; batches are stamped from then on.
+    producer: Option<ProducerId>,
 }
 
 impl Accumulator {
@@ -152,7 +184,34 @@ impl Accumulator {
             flush_below: 0,
             closing: false,
             incomplete: BTreeSet::new(),
+            producer: None,
         }
+    }
+
+    /// From now on, batches are stamped as they are first sent (idempotent produce).
+    pub fn set_producer(&mut self, producer: ProducerId) {
+        self.producer = Some(producer);
+    }
+
+    pub fn producer(&self) -> Option<ProducerId> {
+        self.producer
+    }
+
+    /// The epoch a partition's batches are stamped with now.
+    pub fn epoch_of(&self, topic: &str, partition: u32) -> Option<i16> {
+        let base = self.producer?.epoch;
+        let bumps = self.queue(topic, partition).map_or(0, |q| q.epoch_bumps);
+        Some(base.saturating_add(bumps))
+    }
+
+    /// Abandons the partition's current epoch: a batch of it failed for good, so its
+    /// sequence has a gap the broker would never accept past. Later batches (and
+    /// retries of batches the broker refused) are re-stamped from sequence 0 under
+    /// the next epoch.
+    pub fn bump_epoch(&mut self, topic: &str, partition: u32) {
+        let q = self.queue_mut(topic, partition);
+        q.epoch_bumps = q.epoch_bumps.saturating_add(1);
+        q.next_seq = 0;
     }
 
     fn queue(&self, topic: &str, partition: u32) -> Option<&PartitionQueue> {
@@ -247,6 +306,7 @@ impl Accumulator {
             created: now,
             open: true,
             attempts: 0,
+            stamp: None,
             memory: None,
         };
         push_record(&mut batch, &rec, pending, memory)?;
@@ -278,6 +338,7 @@ impl Accumulator {
         let mut next: Option<Instant> = None;
         let mut wake_at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let (linger, flush_below, closing) = (self.linger, self.flush_below, self.closing);
+        let producer = self.producer;
         for q in self.topics.values_mut().flat_map(|t| t.values_mut()) {
             if q.batches.is_empty() {
                 continue;
@@ -303,6 +364,9 @@ impl Accumulator {
                     break;
                 };
                 batch.open = false;
+                if let Some(p) = producer {
+                    stamp_for_send(q, &mut batch, p);
+                }
                 q.in_flight += 1;
                 out.push(batch);
             }
@@ -382,6 +446,25 @@ impl Accumulator {
     pub fn is_idle(&self) -> bool {
         self.incomplete.is_empty()
     }
+}
+
+/// Gives a batch its sequence numbers on its first send, or again if it was stamped
+/// under an epoch the partition has since abandoned; a retry in the current epoch
+/// keeps its stamp (the broker recognizes it).
+fn stamp_for_send(q: &mut PartitionQueue, batch: &mut ProducerBatch, p: ProducerId) {
+    let epoch = p.epoch.saturating_add(q.epoch_bumps);
+    if batch.stamp.is_some_and(|(e, _)| e == epoch) {
+        return;
+    }
+    let records = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+    if q.next_seq.checked_add(records).is_none() {
+        // Sequences do not wrap: start a new epoch instead.
+        q.epoch_bumps = q.epoch_bumps.saturating_add(1);
+        q.next_seq = 0;
+        return stamp_for_send(q, batch, p);
+    }
+    batch.stamp_with(p.id, epoch, q.next_seq);
+    q.next_seq += records;
 }
 
 fn push_record(
@@ -559,6 +642,51 @@ mod tests {
         let (one, _) = acc.drain_ready(t0, 2);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].id, out[1].id + 1, "batches leave in order");
+    }
+
+    fn header(batch: &mut ProducerBatch) -> (i64, i16, i32) {
+        let h = Batch::verify(&batch.payload()).expect("valid batch");
+        (h.producer_id, h.producer_epoch, h.base_sequence)
+    }
+
+    #[test]
+    fn idempotent_batches_are_numbered_per_partition_and_retries_keep_their_numbers() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(100, Duration::ZERO, Compression::None);
+        acc.set_producer(ProducerId { id: 9, epoch: 0 });
+        for p in [0, 0, 1] {
+            add(&mut acc, p, rec(80), t0);
+        }
+        let (mut out, _) = acc.drain_ready(t0, 5);
+        out.sort_by_key(|b| b.id);
+        let stamps: Vec<_> = out.iter_mut().map(header).collect();
+        assert_eq!(stamps, vec![(9, 0, 0), (9, 0, 1), (9, 0, 0)]);
+        let retry = out.remove(1);
+        acc.requeue(retry, t0);
+        let (mut again, _) = acc.drain_ready(t0, 5);
+        assert_eq!(header(&mut again[0]), (9, 0, 1), "a retry keeps its stamp");
+    }
+
+    #[test]
+    fn a_new_epoch_restamps_leftover_batches_from_sequence_zero() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(100, Duration::ZERO, Compression::Lz4);
+        acc.set_producer(ProducerId { id: 3, epoch: 0 });
+        for _ in 0..3 {
+            add(&mut acc, 0, rec(80), t0);
+        }
+        let (mut out, _) = acc.drain_ready(t0, 5);
+        // The first batch fails for good; the others come back for a retry.
+        acc.complete("t", 0, out[0].id);
+        acc.bump_epoch("t", 0);
+        assert_eq!(acc.epoch_of("t", 0), Some(1));
+        let third = out.pop().expect("third");
+        let second = out.pop().expect("second");
+        acc.requeue(third, t0);
+        acc.requeue(second, t0);
+        let (mut again, _) = acc.drain_ready(t0, 5);
+        let stamps: Vec<_> = again.iter_mut().map(header).collect();
+        assert_eq!(stamps, vec![(3, 1, 0), (3, 1, 1)]);
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! - `sender`: the background task that drains ready batches to partition leaders,
 //!   matches replies by correlation id, retries, and expires.
 //!
-//! Delivery is at least once: a batch whose answer is lost (timeout, broken
-//! connection) is sent again and may be stored twice. With `max_in_flight > 1` a
-//! retried batch may also land after a later batch of the same partition; set
-//! `max_in_flight = 1` to keep order under failures. (Idempotent produce, which
-//! removes both caveats, needs a producer-id API the wire protocol does not have yet.)
+//! Produce is idempotent by default (`idempotence` with `acks: All`): the producer
+//! gets a producer id from the controller and numbers its batches per partition, so a
+//! batch resent after a lost answer or a leader failover is stored once, and retried
+//! batches keep their order. Only when a batch fails for good (its delivery timeout
+//! passes) does the partition move to a new epoch, after which a batch that was in
+//! flight with an unknown outcome may be stored twice. Without idempotence
+//! (`idempotence: false`, or weaker acks) delivery is at least once, and with
+//! `max_in_flight > 1` a retried batch may land after a later one.
 
 pub mod accumulator;
 mod sender;

@@ -9,6 +9,13 @@
 //! error is retriable, `retries` allows and `delivery_timeout` has not passed;
 //! otherwise all its records fail with the error.
 //!
+//! An idempotent producer first gets its producer id from the controller (nothing
+//! is sent until then). Its batches carry sequence numbers, so a resend is safe:
+//! the leader answers a retry of a batch it already has with the original offset.
+//! A sequence error is retried too: it means an earlier batch is being resent, or
+//! the batch will be re-stamped under the partition's next epoch, which the
+//! producer moves to when one of its batches fails for good.
+//!
 //! The task ends once the producer is closing and nothing is queued or in flight.
 
 use std::collections::HashMap;
@@ -22,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Shared;
-use super::accumulator::{ProducerBatch, UNKNOWN_OFFSET};
+use super::accumulator::{ProducerBatch, ProducerId, UNKNOWN_OFFSET};
 use crate::backoff::Backoff;
 use crate::connection::{unknown_partition, unknown_topic};
 use crate::error::ClientError;
@@ -63,6 +70,8 @@ struct Sender {
     next_stream: u64,
     events_tx: mpsc::Sender<StreamEvent>,
     refreshing: Arc<AtomicBool>,
+    /// An idempotent producer's id request is under way.
+    initializing: Arc<AtomicBool>,
     backoff: Backoff,
 }
 
@@ -77,16 +86,22 @@ pub(super) async fn run(shared: Arc<Shared>, done: watch::Sender<bool>) {
         next_stream: 1,
         events_tx,
         refreshing: Arc::new(AtomicBool::new(false)),
+        initializing: Arc::new(AtomicBool::new(false)),
         backoff,
     };
     loop {
         let now = Instant::now();
         sender.expire(now);
-        let (ready, next_ready) = sender
-            .shared
-            .state()
-            .acc
-            .drain_ready(now, sender.shared.config.max_in_flight);
+        let (ready, next_ready) = if sender.awaiting_producer_id() {
+            sender.init_producer_id();
+            (Vec::new(), None)
+        } else {
+            sender
+                .shared
+                .state()
+                .acc
+                .drain_ready(now, sender.shared.config.max_in_flight)
+        };
         for batch in ready {
             sender.dispatch(batch, now);
         }
@@ -135,6 +150,45 @@ pub(super) async fn run(shared: Arc<Shared>, done: watch::Sender<bool>) {
 }
 
 impl Sender {
+    fn awaiting_producer_id(&self) -> bool {
+        self.shared.config.is_idempotent() && self.shared.state().acc.producer().is_none()
+    }
+
+    /// Starts asking the controller for a producer id unless a request is under way;
+    /// it retries until it succeeds or the producer has closed with nothing left
+    /// (queued batches meanwhile expire by `delivery_timeout`).
+    fn init_producer_id(&self) {
+        if self.initializing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let initializing = self.initializing.clone();
+        let backoff = self.backoff;
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                match shared.conn.init_producer_id().await {
+                    Ok((id, epoch)) => {
+                        tracing::debug!(producer_id = id, epoch, "idempotent producer id");
+                        shared.state().acc.set_producer(ProducerId { id, epoch });
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot get a producer id yet; retrying");
+                        let state = shared.state();
+                        if state.acc.is_closing() && state.acc.is_idle() {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+            initializing.store(false, Ordering::Release);
+            shared.wake.notify_one();
+        });
+    }
+
     fn dispatch(&mut self, mut batch: ProducerBatch, now: Instant) {
         let conn = &self.shared.conn;
         let metadata = conn.metadata();
@@ -263,9 +317,14 @@ impl Sender {
     }
 
     fn on_failure(&mut self, mut batch: ProducerBatch, err: ClientError, now: Instant) {
+        if matches!(err, ClientError::DuplicateSequence { .. }) {
+            // Stored long ago; only its offset is forgotten.
+            return self.finish(batch, Ok(UNKNOWN_OFFSET));
+        }
         batch.attempts = batch.attempts.saturating_add(1);
+        let sequence_retry = self.sequence_retry(&batch, &err);
         let config = &self.shared.config;
-        let retriable = err.is_retriable() || err.is_stale_metadata();
+        let retriable = err.is_retriable() || err.is_stale_metadata() || sequence_retry;
         let expired = now.duration_since(batch.created) >= config.delivery_timeout;
         if retriable && batch.attempts <= config.retries && !expired {
             tracing::debug!(
@@ -287,6 +346,7 @@ impl Sender {
             self.shared.wake.notify_one();
             return;
         }
+        self.abandon_epoch(&batch);
         let err = if retriable && expired {
             ClientError::Timeout {
                 message: format!(
@@ -298,6 +358,38 @@ impl Sender {
             err
         };
         self.finish(batch, Err(err));
+    }
+
+    /// Whether a sequence error can be cured by sending the batch again: out of
+    /// order (an earlier batch is being resent), or stamped under an epoch the
+    /// partition has left (it is re-stamped). A producer the partition forgot moves
+    /// the partition to a new epoch first.
+    fn sequence_retry(&self, batch: &ProducerBatch, err: &ClientError) -> bool {
+        let acc = &mut self.shared.state().acc;
+        let current = acc.epoch_of(&batch.topic, batch.partition);
+        let stale = matches!((batch.stamp, current), (Some((e, _)), Some(c)) if e < c);
+        match err {
+            ClientError::OutOfOrderSequence { .. } => true,
+            ClientError::ProducerFenced { .. } => stale,
+            ClientError::UnknownProducer { .. } => {
+                if !stale {
+                    acc.bump_epoch(&batch.topic, batch.partition);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A stamped batch failed for good: its partition's sequence now has a gap, so
+    /// the partition moves on to a new epoch.
+    fn abandon_epoch(&self, batch: &ProducerBatch) {
+        let acc = &mut self.shared.state().acc;
+        if let (Some((e, _)), Some(c)) = (batch.stamp, acc.epoch_of(&batch.topic, batch.partition))
+            && e == c
+        {
+            acc.bump_epoch(&batch.topic, batch.partition);
+        }
     }
 
     /// Completes a batch for good.
@@ -338,6 +430,7 @@ impl Sender {
             return;
         }
         for batch in expired {
+            self.abandon_epoch(&batch);
             let n = batch.len();
             batch.complete(Err(ClientError::Timeout {
                 message: format!(

@@ -39,6 +39,8 @@ pub struct ClusterState {
     /// Answer no produce request (to fill the client's buffer).
     pub withhold_produce: bool,
     pub produce_requests: u64,
+    /// Producer ids handed out so far (the next one is this number).
+    pub producer_ids: i64,
 }
 
 #[derive(Clone)]
@@ -477,6 +479,27 @@ impl Sluice for MockBroker {
         };
         Ok(Response::new(v1::ListOffsetsResponse {
             offset,
+            error: None,
+        }))
+    }
+
+    async fn init_producer_id(
+        &self,
+        _req: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        if let Some(error) = self.not_controller() {
+            return Ok(Response::new(v1::InitProducerIdResponse {
+                producer_id: -1,
+                producer_epoch: -1,
+                error,
+            }));
+        }
+        let mut st = self.cluster.state();
+        let producer_id = st.producer_ids;
+        st.producer_ids += 1;
+        Ok(Response::new(v1::InitProducerIdResponse {
+            producer_id,
+            producer_epoch: 0,
             error: None,
         }))
     }

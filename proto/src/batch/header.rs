@@ -170,6 +170,20 @@ pub fn stamp_leader_epoch(buf: &mut [u8], epoch: i32) {
     buf[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Writes an idempotent producer's id, epoch and base sequence into a batch and
+/// recomputes the CRC, which covers them (a producer re-stamps a batch it must resend
+/// under a new epoch).
+///
+/// # Panics
+/// If `buf` is shorter than the header; callers parse the header first.
+pub fn stamp_producer(buf: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    buf[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    buf[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+    buf[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = checksum(buf);
+    buf[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 fn array_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&buf[at..at + N]);

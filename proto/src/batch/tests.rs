@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::compression::compress_into;
 use super::header::{
     ATTRIBUTES, BATCH_LENGTH, CRC, HEADER_LEN, LAST_OFFSET_DELTA, LOG_APPEND_TIME_FLAG,
-    MAX_TIMESTAMP, RECORD_COUNT, checksum, stamp_base_offset, stamp_leader_epoch,
+    MAX_TIMESTAMP, RECORD_COUNT, checksum, stamp_base_offset, stamp_leader_epoch, stamp_producer,
 };
 use super::*;
 
@@ -697,6 +697,24 @@ fn stamping_offset_and_epoch_keeps_the_batch_valid() {
             .map(|r| r.offset)
             .collect();
         assert_eq!(offsets, [1_000, 1_001, 1_002]);
+    }
+}
+
+#[test]
+fn restamping_the_producer_keeps_the_batch_valid() {
+    for codec in Compression::ALL {
+        let mut buf = sample(codec).to_vec();
+        stamp_producer(&mut buf, 42, 3, 1_000);
+        let header = Batch::verify(&buf).unwrap();
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 1_000)
+        );
+        assert_eq!(decode_all(Bytes::from(buf)).unwrap().len(), 3);
     }
 }
 
