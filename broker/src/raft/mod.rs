@@ -74,6 +74,8 @@ pub enum PendingWrite {
     Submitted {
         completed: Option<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>>,
         leader_ack: Option<AckWaiter>,
+        /// The producer stamp the leader's sequence checks counted as submitted.
+        stamp: Option<Stamp>,
     },
     /// A retry of a stamped batch already submitted: nothing new was appended; the
     /// answer is the original's offset (known, or once the original applies).
@@ -546,14 +548,14 @@ impl Replica {
         }
         self.ensure_leader()?;
         let Some(stamp) = Stamp::of(&header) else {
-            return self.submit_to_raft(batch, acks).await;
+            return self.submit_to_raft(batch, acks, None).await;
         };
         let mut sequences = self.sequences.lock().await;
         let term = self.settled_term()?;
         let verdict = sequences.check(term, &self.producer_table(), &stamp)?;
         match verdict {
             Verdict::Append => {
-                let pending = self.submit_to_raft(batch, acks).await?;
+                let pending = self.submit_to_raft(batch, acks, Some(stamp)).await?;
                 sequences.submitted(&stamp);
                 Ok(pending)
             }
@@ -568,12 +570,23 @@ impl Replica {
     /// This leader's term, once every entry of earlier terms is applied (so the
     /// producer table covers them): openraft's first entry in a new term is a blank
     /// one, and it is applied only after everything before it.
+    ///
+    /// The replica must be leading now, not only hold its old vote: a restarted leader
+    /// keeps the vote of its last term while it stands for election, and its table
+    /// then lacks whatever was committed after its last saved commit point.
     fn settled_term(&self) -> Result<u64, ReplicaError> {
-        let (term, applied_term) = {
+        let (term, applied_term, leading) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_term, m.last_applied.map(|id| id.leader_id.term))
+            (
+                m.current_term,
+                m.last_applied.map(|id| id.leader_id.term),
+                m.state.is_leader() && m.current_leader == Some(self.node_id),
+            )
         };
+        if !leading {
+            return Err(ReplicaError::NotLeader { leader: None });
+        }
         if applied_term == Some(term) {
             return Ok(term);
         }
@@ -583,7 +596,12 @@ impl Replica {
         })
     }
 
-    async fn submit_to_raft(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
+    async fn submit_to_raft(
+        &self,
+        batch: Bytes,
+        acks: Acks,
+        stamp: Option<Stamp>,
+    ) -> Result<PendingWrite, ReplicaError> {
         let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
         let (responder, completed) = match acks {
             Acks::None => (None, None),
@@ -599,6 +617,7 @@ impl Replica {
         Ok(PendingWrite::Submitted {
             completed,
             leader_ack,
+            stamp,
         })
     }
 
@@ -606,11 +625,12 @@ impl Replica {
     /// majority (`All`), fsync on this leader (`Leader`, or commit if that comes first),
     /// or nothing (`None`).
     pub async fn complete(&self, pending: PendingWrite) -> Result<Written, ReplicaError> {
-        let (completed, leader_ack) = match pending {
+        let (completed, leader_ack, stamp) = match pending {
             PendingWrite::Submitted {
                 completed,
                 leader_ack,
-            } => (completed, leader_ack),
+                stamp,
+            } => (completed, leader_ack, stamp),
             PendingWrite::Duplicate { stamp, offset } => {
                 return self.original_of(stamp, offset).await;
             }
@@ -629,7 +649,15 @@ impl Replica {
                     high_watermark: resp.data.high_watermark,
                     duplicate: false,
                 }),
-                Ok(Err(e)) => Err(self.client_write_error(e)),
+                Ok(Err(e)) => {
+                    // openraft refused the entry after the sequence check counted it
+                    // (a leader whose lease lapsed refuses writes for a moment): it is
+                    // not in the log, so its retry must be checked anew, not awaited.
+                    if let (ClientWriteError::ForwardToLeader(_), Some(stamp)) = (&e, &stamp) {
+                        self.sequences.lock().await.refused(stamp);
+                    }
+                    Err(self.client_write_error(e))
+                }
                 Err(_) => Err(ReplicaError::Shutdown),
             }
         };
@@ -670,12 +698,18 @@ impl Replica {
             loop {
                 let applied = {
                     let table = self.producer_table();
-                    (table.offset_of(&stamp), table.covers(&stamp))
+                    (
+                        table.offset_of(&stamp),
+                        table.covers(&stamp),
+                        table.skipped(&stamp),
+                    )
                 };
                 match applied {
-                    (Some(base), _) => return Ok(written(base)),
-                    (None, true) => return Err(SequenceError::old_duplicate(&stamp).into()),
-                    (None, false) => {}
+                    (Some(base), ..) => return Ok(written(base)),
+                    (None, true, _) => return Err(SequenceError::old_duplicate(&stamp).into()),
+                    // The original was refused after it was checked, and the log moved on.
+                    (None, false, true) => return Err(SequenceError::skipped(&stamp).into()),
+                    (None, false, false) => {}
                 }
                 self.ensure_leader()?;
                 tokio::select! {
