@@ -379,6 +379,17 @@ impl Replica {
             producers,
             sequences: tokio::sync::Mutex::new(LeaderSequences::default()),
         };
+        let sole_voter = match replica
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .nodes()
+            .count()
+        {
+            0 => members.len() == 1,
+            n => n == 1,
+        };
         let rank = fresh
             .then(|| init_order(&members, preferred_leader))
             .and_then(|order| order.iter().position(|&id| id == node_id));
@@ -411,7 +422,10 @@ impl Replica {
                 }
             }
         }
-        tracing::info!(group_id, node_id, fresh, "replica started");
+        if sole_voter {
+            quiet_when_alone(replica.raft.clone());
+        }
+        tracing::info!(group_id, node_id, fresh, sole_voter, "replica started");
         Ok(replica)
     }
 
@@ -834,6 +848,26 @@ fn init_order(members: &BTreeMap<NodeId, BasicNode>, preferred: Option<NodeId>) 
         .into_iter()
         .chain(members.keys().copied().filter(|&id| Some(id) != first))
         .collect()
+}
+
+/// Stops openraft's timer for a group whose only voter is this broker, once it leads:
+/// with nobody to send heartbeats to and nobody to elect, the tick (five times per
+/// heartbeat interval) is pure cost — a broker with a thousand single-replica
+/// partitions spent half a core on it. Elections need the tick, so it runs until
+/// this replica leads.
+fn quiet_when_alone(raft: RaftHandle) {
+    tokio::spawn(async move {
+        let alone = raft
+            .wait(None)
+            .metrics(
+                |m| m.state.is_leader() && m.membership_config.nodes().count() == 1,
+                "sole voter leads",
+            )
+            .await;
+        if alone.is_ok() {
+            raft.runtime_config().tick(false);
+        }
+    });
 }
 
 fn wait_error(e: WaitError) -> ReplicaError {

@@ -238,7 +238,8 @@ impl SplitMix64 {
     }
 }
 
-fn seed() -> u64 {
+/// A seed from the clock, different for every run.
+pub fn seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x5EED, |d| d.as_nanos() as u64)
@@ -382,7 +383,8 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-fn record_us(h: &mut Histogram<u64>, us: u64) {
+/// Records `us` microseconds (at least 1, saturating at the histogram's top).
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
     h.saturating_record(us.max(1));
 }
 

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# Sluice side by side with NATS JetStream (file storage, default settings and
+# `sync_interval: always`) and Redis Streams (AOF, `appendfsync always`), and the
+# machine's own limits (dd conv=fdatasync on the same disk, loopback iperf3), all on
+# 127.0.0.1, in one go from a fresh clone. Installs what is missing (apt: redis-server,
+# iperf3; pip, into a venv under target/compare: nats-server 2.15), builds in release
+# mode, runs every workload against every system, stops everything it started (also on
+# failure or Ctrl-C) and prints one Markdown table of medians with Sluice/peer ratios.
+#
+#   W1  1 KiB records, 8 partitions, acknowledged after fsync (JetStream-default acks
+#       before fsync: that is the point), as fast as the in-flight window allows
+#   W2  100 B records, batched (64 KiB), as fast as possible
+#   W3  produce->consume latency at a fixed rate: half of Sluice's W1 records/s of the
+#       same run (a peer that cannot sustain it runs at half of its own W1)
+#   W4  replay of a backlog (2 GiB) from offset 0
+#   W5  W1 with replication factor 3 on a local 3-broker Sluice cluster
+#   and the Sluice broker's memory after W1 and W4, and (benches/footprint.sh) the CPU
+#   cost of 1,000 idle partitions.
+#
+# Usage: benches/compare.sh [--quick] [--runs N] [--only sluice,nats,redis]
+#                           [--duration SECS] [--backlog-mib MIB] [--profile]
+#   --quick      short runs and a small backlog (about 3 minutes in all), 1 run
+#   --runs N     runs of everything (default 3); the table shows medians
+#   --only LIST  systems to run (default sluice,nats,redis)
+#   --duration   seconds of each throughput and latency workload (default 15)
+#   --profile    instead of the comparison: `perf record` the Sluice broker and the
+#                `sluice perf` client during W1 and W2, and print their hot paths
+# Results (JSON per run, logs, the table) are under target/compare/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$ROOT/target/compare
+# shellcheck source=benches/compare/lib.sh
+source "$ROOT/benches/compare/lib.sh"
+
+QUICK=0 RUNS="" ONLY=sluice,nats,redis DURATION="" BACKLOG_MIB="" PROFILE=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1; shift ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --backlog-mib) BACKLOG_MIB=$2; shift 2 ;;
+    --profile) PROFILE=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ $QUICK == 1 ]]; then
+  RUNS=${RUNS:-1} DURATION=${DURATION:-3} BACKLOG_MIB=${BACKLOG_MIB:-256}
+  DD_MIB=256 IPERF_SECS=2
+else
+  RUNS=${RUNS:-3} DURATION=${DURATION:-15} BACKLOG_MIB=${BACKLOG_MIB:-2048}
+  DD_MIB=1024 IPERF_SECS=5
+fi
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs takes a positive number"
+[[ $DURATION =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--duration takes seconds"
+[[ $BACKLOG_MIB =~ ^[1-9][0-9]*$ ]] || die "--backlog-mib takes a positive number"
+for s in ${ONLY//,/ }; do
+  [[ $s =~ ^(sluice|nats|redis)$ ]] || die "--only takes sluice, nats, redis"
+done
+selected() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+PARTITIONS=8
+PRODUCERS=1
+BACKLOG_RECORDS=$((BACKLOG_MIB * 1024))
+RESULTS=$WORK/results
+DATA=$WORK/data
+
+install_traps
+mkdir -p "$WORK"
+
+# --- what the run needs ------------------------------------------------------------
+deps=(dd coreutils python3 python3 iperf3 iperf3)
+selected redis && deps+=(redis-server redis-server redis-cli redis-tools)
+[[ $PROFILE == 1 ]] && deps+=(perf linux-perf)
+need_cmds "${deps[@]}"
+selected nats && install_nats_server
+if selected nats || selected redis; then build_all --with-peers; else build_all; fi
+
+# The value of a field of a result file (a dotted path), or "" if absent.
+field() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+try:
+    v = json.load(open(sys.argv[1]))
+    for k in sys.argv[2].split("."):
+        v = v[k]
+    print(v)
+except (OSError, ValueError, KeyError, TypeError):
+    print("")
+EOF
+}
+
+# Runs a load command with its JSON summary to $out, stderr to $out.log.
+measure() {
+  local out=$1; shift
+  log "  $(basename "$out" .json)"
+  if ! "$@" >"$out" 2>"$out.log"; then
+    log "  failed: $(tail -n 3 "$out.log" | tr '\n' ' ')"
+    rm -f "$out"
+    return 1
+  fi
+}
+
+# --- the machine's own limits ---------------------------------------------------------
+run_machine() {
+  local dir=$1 port pid
+  log "machine: dd conv=fdatasync ($DD_MIB MiB), iperf3 loopback ($IPERF_SECS s)"
+  dd if=/dev/zero of="$WORK/dd.bin" bs=1M count="$DD_MIB" conv=fdatasync 2>"$dir/dd.txt"
+  rm -f "$WORK/dd.bin"
+  python3 - "$dir/dd.txt" >"$dir/machine-dd.json" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"^(\d+) bytes .* copied, ([\d.]+) s", text, re.M)
+b, s = int(m.group(1)), float(m.group(2))
+print(json.dumps({"bytes": b, "elapsed_s": s, "mb_per_sec": round(b / s / 1e6, 3)}))
+EOF
+  port=$(free_port)
+  spawn "$dir/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$port"
+  pid=$LAST_PID
+  wait_port "$port" "$pid" "iperf3 -s"
+  iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECS" -J >"$dir/iperf3.json"
+  stop_pid "$pid"
+  python3 - "$dir/iperf3.json" >"$dir/machine-iperf3.json" <<'EOF'
+import json, sys
+bps = json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]
+print(json.dumps({"mb_per_sec": round(bps / 8 / 1e6, 3), "gbit_per_sec": round(bps / 1e9, 3)}))
+EOF
+}
+
+# --- Sluice ---------------------------------------------------------------------------
+w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS"; }
+w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS"; }
+
+run_sluice() {
+  local dir=$1 pid rate
+  log "sluice: one broker"
+  start_sluice "$DATA/sluice" 1
+  pid=${SLUICE_PIDS[0]}
+  proc_memory "$pid" >"$dir/sluice-mem-start.json"
+  # shellcheck disable=SC2046
+  measure "$dir/sluice-w1.json" sluice_cli perf produce --topic w1 --create $(w1_args) --acks all || true
+  proc_memory "$pid" >"$dir/sluice-mem-after-w1.json"
+  # shellcheck disable=SC2046
+  measure "$dir/sluice-w2.json" sluice_cli perf produce --topic w2 --create $(w2_args) --acks all || true
+  rate=$(w3_rate "$dir" sluice)
+  if [[ -n $rate ]]; then
+    measure "$dir/sluice-w3.json" sluice_cli perf end-to-end --topic w3 --create --partitions "$PARTITIONS" \
+      --record-size 1024 --rate "$rate" --duration "$DURATION" || true
+  fi
+  measure "$dir/sluice-w4-fill.json" sluice_cli perf produce --topic w4 --create --partitions "$PARTITIONS" \
+    --record-size 1024 --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
+  measure "$dir/sluice-w4.json" sluice_cli perf consume --topic w4 || true
+  proc_memory "$pid" >"$dir/sluice-mem-after-w4.json"
+  stop_sluice
+  rm -rf "$DATA/sluice"
+
+  log "sluice: three brokers"
+  start_sluice "$DATA/sluice-rf3" 3
+  # shellcheck disable=SC2046
+  measure "$dir/sluice-w5.json" sluice_cli perf produce --topic w5 --create --replication-factor 3 $(w1_args) --acks all || true
+  stop_sluice
+  rm -rf "$DATA/sluice-rf3"
+}
+
+# W3's rate for a system: half of Sluice's W1 records/s in this run, or half of the
+# system's own W1 if that is lower (or if Sluice did not run).
+w3_rate() {
+  python3 - "$1" "$2" <<'EOF'
+import json, os, sys
+dir, system = sys.argv[1], sys.argv[2]
+def w1(s):
+    try:
+        return json.load(open(os.path.join(dir, f"{s}-w1.json")))["records_per_sec"]
+    except (OSError, ValueError, KeyError):
+        return None
+own, sluice = w1(system), w1("sluice")
+rates = [r / 2 for r in (own, sluice) if r]
+print(round(min(rates)) if rates else "")
+EOF
+}
+
+# --- peers ----------------------------------------------------------------------------
+peer() { "$PEER_PERF" --system "$PEER_SYSTEM" --url "$PEER_URL" "$@"; }
+
+run_nats() {
+  local dir=$1 mode=$2 port conf rate data=$DATA/nats-$2
+  log "nats-server $NATS_SERVER_VERSION, JetStream file storage, $mode"
+  rm -rf "$data"; mkdir -p "$data"
+  port=$(free_port)
+  conf=$data/server.conf
+  {
+    echo "listen: \"127.0.0.1:$port\""
+    echo "jetstream {"
+    echo "  store_dir: \"$data/js\""
+    [[ $mode == sync ]] && echo "  sync_interval: always"
+    echo "}"
+  } >"$conf"
+  spawn "$data/server.log" "$NATS_SERVER" -c "$conf"
+  local pid=$LAST_PID
+  wait_port "$port" "$pid" "nats-server ($mode)"
+  PEER_SYSTEM=nats PEER_URL=nats://127.0.0.1:$port
+  local name=nats-$mode
+  # shellcheck disable=SC2046
+  measure "$dir/$name-w1.json" peer produce --topic w1 $(w1_args) || true
+  # shellcheck disable=SC2046
+  measure "$dir/$name-w2.json" peer produce --topic w2 $(w2_args) || true
+  rate=$(w3_rate "$dir" "$name")
+  if [[ -n $rate ]]; then
+    measure "$dir/$name-w3.json" peer end-to-end --topic w3 --partitions "$PARTITIONS" --record-size 1024 \
+      --rate "$rate" --duration "$DURATION" || true
+  fi
+  if [[ $mode == default ]]; then
+    # The replay does not depend on when the server fsyncs: measured once.
+    measure "$dir/$name-w4-fill.json" peer produce --topic w4 --partitions "$PARTITIONS" --record-size 1024 \
+      --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
+    measure "$dir/$name-w4.json" peer consume --topic w4 || true
+  fi
+  stop_pid "$pid"
+  rm -rf "$data"
+}
+
+run_redis() {
+  local dir=$1 port rate data=$DATA/redis
+  log "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), AOF, appendfsync always"
+  rm -rf "$data"; mkdir -p "$data"
+  port=$(free_port)
+  spawn "$data/server.log" redis-server --bind 127.0.0.1 --port "$port" --dir "$data" \
+    --appendonly yes --appendfsync always --save "" --daemonize no
+  local pid=$LAST_PID
+  wait_port "$port" "$pid" "redis-server"
+  PEER_SYSTEM=redis PEER_URL=redis://127.0.0.1:$port/
+  rcli() { redis-cli -p "$port" "$@" >/dev/null; }
+  # shellcheck disable=SC2046
+  measure "$dir/redis-w1.json" peer produce --topic w1 $(w1_args) || true
+  rcli flushall
+  # shellcheck disable=SC2046
+  measure "$dir/redis-w2.json" peer produce --topic w2 $(w2_args) || true
+  rcli flushall
+  rate=$(w3_rate "$dir" redis)
+  if [[ -n $rate ]]; then
+    measure "$dir/redis-w3.json" peer end-to-end --topic w3 --partitions "$PARTITIONS" --record-size 1024 \
+      --rate "$rate" --duration "$DURATION" || true
+  fi
+  rcli flushall
+  # The backlog is written without fsync (it is not what W4 measures), then read back.
+  rcli config set appendfsync no
+  measure "$dir/redis-w4-fill.json" peer produce --topic w4 --partitions "$PARTITIONS" --record-size 1024 \
+    --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
+  rcli config set appendfsync always
+  measure "$dir/redis-w4.json" peer consume --topic w4 --partitions "$PARTITIONS" || true
+  stop_pid "$pid"
+  rm -rf "$data"
+}
+
+# --- profiling ------------------------------------------------------------------------
+run_profile() {
+  local dir=$WORK/profiles w pid
+  mkdir -p "$dir"
+  start_sluice "$DATA/sluice-profile" 1
+  pid=${SLUICE_PIDS[0]}
+  for w in w1 w2; do
+    log "profiling Sluice $w (broker pid $pid and the sluice perf client)"
+    spawn "$dir/$w-broker.perf.log" perf record -F 499 --call-graph dwarf,16384 -p "$pid" \
+      -o "$dir/$w-broker.data" -- sleep "$DURATION"
+    local rec=$LAST_PID
+    # shellcheck disable=SC2046
+    perf record -F 499 --call-graph dwarf,16384 -o "$dir/$w-client.data" -- \
+      "$SLUICE" --bootstrap "$SLUICE_BOOTSTRAP" --output json perf produce --topic "$w" --create \
+      $("${w}_args") --acks all >"$dir/$w.json" 2>"$dir/$w-client.perf.log"
+    wait "$rec" 2>/dev/null || true
+    stop_pid "$rec"
+    for side in broker client; do
+      perf report -i "$dir/$w-$side.data" --no-children --stdio --percent-limit 1 \
+        --sort dso,symbol -g none 2>/dev/null >"$dir/$w-$side.flat.txt" || true
+      perf report -i "$dir/$w-$side.data" --children --stdio --percent-limit 5 \
+        --sort symbol -g caller,0.5,callee,function,percent --max-stack 24 2>/dev/null \
+        >"$dir/$w-$side.tree.txt" || true
+      echo "== $w $side: top self time (perf report --no-children --sort dso,symbol) =="
+      grep -E '^ +[0-9]' "$dir/$w-$side.flat.txt" | head -n 25
+    done
+    echo "== $w result: $(cat "$dir/$w.json")"
+  done
+  stop_sluice
+  rm -rf "$DATA/sluice-profile"
+  log "profiles and reports in $dir"
+}
+
+if [[ $PROFILE == 1 ]]; then
+  run_profile
+  exit 0
+fi
+
+# --- the runs -------------------------------------------------------------------------
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+cat >"$RESULTS/settings.json" <<EOF
+{"date": "$(date -u +%Y-%m-%dT%H:%MZ)", "runs": $RUNS, "duration_s": $DURATION, "backlog_mib": $BACKLOG_MIB,
+ "partitions": $PARTITIONS, "producers": $PRODUCERS, "only": "$ONLY", "quick": $QUICK,
+ "nats_server": "$NATS_SERVER_VERSION", "redis_server": "$(command -v redis-server >/dev/null && redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')",
+ "cpus": $(nproc), "commit": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"}
+EOF
+for run in $(seq 1 "$RUNS"); do
+  dir=$RESULTS/run-$run
+  mkdir -p "$dir"
+  log "=== run $run of $RUNS ==="
+  run_machine "$dir"
+  selected sluice && run_sluice "$dir"
+  if selected nats; then
+    run_nats "$dir" default
+    run_nats "$dir" sync
+  fi
+  selected redis && run_redis "$dir"
+done
+if selected sluice; then
+  footprint_args=()
+  [[ $QUICK == 1 ]] && footprint_args+=(--quick)
+  "$ROOT/benches/footprint.sh" "${footprint_args[@]}" --results "$RESULTS" || log "footprint.sh failed"
+fi
+python3 "$ROOT/benches/compare/table.py" "$RESULTS" | tee "$RESULTS/table.md"
