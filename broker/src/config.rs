@@ -33,6 +33,10 @@ pub enum ConfigError {
     },
     #[error("invalid --peers entry '{0}': expected ID=HOST:PORT, e.g. 1=127.0.0.1:9700")]
     Peer(String),
+    #[error("invalid --peer-dial entry '{0}': expected ID=HOST:PORT, e.g. 2=127.0.0.1:19702")]
+    PeerDial(String),
+    #[error("--peer-dial names this broker's own id {0}; a broker never dials itself")]
+    DialSelf(u64),
     #[error("--peers lists brokers {peers:?} but not this broker's --node-id {node_id}")]
     SelfNotInPeers { node_id: u64, peers: Vec<u64> },
     #[error("node id 0 is reserved; use 1 or more")]
@@ -76,6 +80,11 @@ pub struct BrokerArgs {
     /// Partitions of the internal __consumer_offsets topic when it is created (default 6).
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
+    /// Dial broker ID at ADDR instead of its advertised address, as ID=HOST:PORT,...
+    /// (for tunnels, NAT and fault-injection proxies). Only broker-to-broker traffic
+    /// (Raft and forwarded requests) uses it; clients still get advertised addresses.
+    #[arg(long, env = "SLUICE_PEER_DIAL")]
+    pub peer_dial: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +99,7 @@ struct FileConfig {
     group_session_timeout_ms: Option<u64>,
     group_heartbeat_interval_ms: Option<u64>,
     offsets_topic_partitions: Option<u32>,
+    peer_dial: Option<String>,
 }
 
 /// Resolved settings.
@@ -104,6 +114,8 @@ pub struct BrokerConfig {
     pub peers: BTreeMap<u64, String>,
     pub default_replication_factor: u32,
     pub groups: GroupConfig,
+    /// Broker id → address this broker dials it at, overriding the advertised one.
+    pub peer_dial: BTreeMap<u64, String>,
 }
 
 impl BrokerConfig {
@@ -153,6 +165,16 @@ impl BrokerConfig {
                 value: "0".into(),
             });
         }
+        let peer_dial = match args.peer_dial.or(file.peer_dial) {
+            Some(spec) => parse_peers(&spec).map_err(|e| match e {
+                ConfigError::Peer(entry) => ConfigError::PeerDial(entry),
+                other => other,
+            })?,
+            None => BTreeMap::new(),
+        };
+        if peer_dial.contains_key(&node_id) {
+            return Err(ConfigError::DialSelf(node_id));
+        }
         let advertised_addr = args
             .advertised_addr
             .or(file.advertised_addr)
@@ -168,6 +190,7 @@ impl BrokerConfig {
             peers,
             default_replication_factor,
             groups,
+            peer_dial,
         })
     }
 }
@@ -307,6 +330,58 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn peer_dial_comes_from_the_flag_or_the_file() {
+        let args = BrokerArgs::try_parse_from([
+            "sluice-broker",
+            "--node-id",
+            "1",
+            "--peer-dial",
+            "2=127.0.0.1:19702, 3=127.0.0.1:19703",
+        ])
+        .expect("args");
+        let c = BrokerConfig::from_args(args).expect("config");
+        assert_eq!(
+            c.peer_dial,
+            BTreeMap::from([
+                (2, "127.0.0.1:19702".to_string()),
+                (3, "127.0.0.1:19703".to_string())
+            ])
+        );
+        assert!(
+            BrokerConfig::from_args(BrokerArgs::default())
+                .expect("defaults")
+                .peer_dial
+                .is_empty()
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "node_id = 2\npeer_dial = \"1=tunnel:1\"\n").expect("write");
+        let args = BrokerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = BrokerConfig::from_args(args).expect("config");
+        assert_eq!(c.peer_dial, BTreeMap::from([(1, "tunnel:1".to_string())]));
+    }
+
+    #[test]
+    fn bad_peer_dial_is_refused_with_a_reason() {
+        let with = |spec: &str| {
+            BrokerConfig::from_args(BrokerArgs {
+                node_id: Some(1),
+                peer_dial: Some(spec.into()),
+                ..Default::default()
+            })
+        };
+        let err = with("2=nowhere").expect_err("no port");
+        assert!(matches!(&err, ConfigError::PeerDial(e) if e == "2=nowhere"));
+        assert!(err.to_string().contains("--peer-dial"), "{err}");
+        assert!(matches!(with("2=a:1,2=b:2"), Err(ConfigError::PeerDial(_))));
+        assert!(matches!(with("1=a:1"), Err(ConfigError::DialSelf(1))));
     }
 
     #[test]

@@ -25,10 +25,11 @@ use crate::group::GroupCoordinator;
 use crate::log::now_ms;
 use crate::metadata::{BrokerInfo, Controller, ControllerError};
 use crate::partition::{Partition, PartitionManager};
-use crate::raft::{GroupRegistry, Network, NetworkOptions, RaftService, RaftTuning};
+use crate::raft::{GroupRegistry, Network, NetworkOptions, PeerDial, RaftService, RaftTuning};
 use crate::server::MAX_MESSAGE_BYTES;
 use crate::server::client_api::{ClientApi, not_found};
 use crate::server::group_service::GroupService;
+use crate::server::peers::Peers;
 
 /// HTTP/2 flow-control windows of one stream and of one connection.
 const STREAM_WINDOW: u32 = 16 << 20;
@@ -149,13 +150,17 @@ impl Broker {
         };
 
         let registry = GroupRegistry::default();
-        let network = Network::new(NetworkOptions::default());
+        let dial = PeerDial::new(config.peer_dial.clone());
+        let network = Network::new(NetworkOptions {
+            dial: dial.clone(),
+            ..NetworkOptions::default()
+        });
         let tuning = RaftTuning::default();
         let ready: Arc<OnceLock<Arc<Node>>> = Arc::new(OnceLock::new());
         let groups_ready: Arc<OnceLock<Arc<GroupCoordinator>>> = Arc::new(OnceLock::new());
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = {
-            let api = SluiceServer::new(ClientApi::new(ready.clone()))
+            let api = SluiceServer::new(ClientApi::new(ready.clone(), Peers::new(dial)))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let groups = GroupCoordinatorServer::new(GroupService::new(groups_ready.clone()));

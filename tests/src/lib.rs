@@ -3,6 +3,21 @@
 //! [`BrokerProcess`] runs the real broker program (the `test-broker` binary of this
 //! crate is `sluice-broker`'s `main`, built here so tests can find it) on 127.0.0.1
 //! with a temporary data directory, and kills it when dropped, even when a test fails.
+//!
+//! The fault-injection suite adds: [`proxy`] (a TCP proxy that cuts, stalls and delays
+//! the traffic between two brokers), [`faults`] (a cluster whose brokers reach each
+//! other only through such proxies, and seeded fault schedules), [`damage`] (torn and
+//! garbled segment files), [`disk`] (a small tmpfs to fill), [`workload`] and
+//! [`checker`] (producers recording what was acknowledged, and the verdict on what
+//! the replicas hold), and [`inspect`] (asking each broker about its own replicas).
+
+pub mod checker;
+pub mod damage;
+pub mod disk;
+pub mod faults;
+pub mod inspect;
+pub mod proxy;
+pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +37,7 @@ pub struct BrokerProcess {
     pub addr: String,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    paused: bool,
 }
 
 impl BrokerProcess {
@@ -45,6 +61,7 @@ impl BrokerProcess {
             addr: listen.to_string(),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            paused: false,
         };
         broker.spawn();
         broker
@@ -101,15 +118,51 @@ impl BrokerProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
+    }
+
+    /// SIGSTOP: the process freezes mid-flight, sockets open, timers stopped, as a
+    /// long GC pause or a stalled VM would; [`BrokerProcess::resume`] thaws it.
+    pub fn pause(&mut self) {
+        if !self.paused && self.signal(libc::SIGSTOP) {
+            self.paused = true;
+        }
+    }
+
+    /// SIGCONT after [`BrokerProcess::pause`].
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.signal(libc::SIGCONT);
+            self.paused = false;
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) == 0 }
+    }
+
+    /// Adds flags for every later start of this broker.
+    pub fn add_args<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
+        self.resume();
+        self.signal(libc::SIGTERM);
         if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
             let _ = child.wait();
         }
     }
@@ -185,6 +238,7 @@ impl Cluster {
                 addr: addr.clone(),
                 data_dir: root.join(format!("b{}", i + 1)),
                 extra_args: vec!["--peers".into(), peers.clone()],
+                paused: false,
             })
             .collect();
         Self { brokers }

@@ -5,7 +5,8 @@
 //! it does not host.
 //!
 //! Replica state is checked per broker with `DescribeTopic` marked `sluice-forwarded`
-//! (answered from that broker's own replicas) and with `Fetch` from each broker.
+//! (answered from that broker's own replicas) and with `Fetch` from each broker
+//! ([`sluice_tests::inspect`]).
 //! The tests run one at a time (each runs three brokers on a small machine).
 //!
 //! Producers are idempotent (the default): every test checks that each acknowledged
@@ -20,9 +21,8 @@ use sluice_client::{
     Admin, ClientConfig, Connection, DeliveryFuture, NewTopic, Producer, ProducerConfig,
     ProducerRecord,
 };
-use sluice_proto::batch::Batch;
-use sluice_proto::v1::{self, sluice_client::SluiceClient};
 use sluice_tests::Cluster;
+use sluice_tests::inspect::{converged, describe, describe_on, leaders, read_replica};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_test-broker");
 
@@ -61,89 +61,6 @@ async fn create_topic(conn: &Connection, name: &str, partitions: u32) {
         .expect("create topic");
 }
 
-async fn raw_client(addr: &str) -> SluiceClient<tonic::transport::Channel> {
-    SluiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to broker")
-}
-
-/// `topic` as the broker at `addr` describes it from its own replicas only: marked as
-/// forwarded, the request is not passed on to brokers hosting what it lacks.
-async fn describe_on(addr: &str, topic: &str) -> Option<v1::DescribeTopicResponse> {
-    describe(addr, topic, true).await
-}
-
-async fn describe(addr: &str, topic: &str, local: bool) -> Option<v1::DescribeTopicResponse> {
-    let mut c = SluiceClient::connect(format!("http://{addr}")).await.ok()?;
-    let mut req = tonic::Request::new(v1::DescribeTopicRequest { name: topic.into() });
-    if local {
-        req.metadata_mut().insert(
-            "sluice-forwarded",
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-    }
-    let resp = c.describe_topic(req).await.ok()?.into_inner();
-    resp.error.is_none().then_some(resp)
-}
-
-/// Every committed record value of one partition, read from the replica at `addr`.
-async fn read_replica(addr: &str, topic: &str, partition: u32) -> Vec<(u64, String)> {
-    let mut c = raw_client(addr).await;
-    let mut stream = c
-        .fetch(v1::FetchRequest {
-            topic: topic.into(),
-            partition,
-            offset: 0,
-            max_bytes: 0,
-            follow: false,
-        })
-        .await
-        .expect("fetch")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(resp) = stream.message().await.expect("fetch reply") {
-        assert!(resp.error.is_none(), "fetch from {addr}: {:?}", resp.error);
-        for bytes in resp.batches {
-            let batch = Batch::decode(bytes).expect("stored batch decodes");
-            for r in batch.records() {
-                let r = r.expect("record");
-                let v = String::from_utf8(r.value.expect("value").to_vec()).expect("utf8");
-                out.push((r.offset as u64, v));
-            }
-        }
-    }
-    out
-}
-
-/// Waits until every running broker reports the same high watermark, at least `min`,
-/// for every partition of `topic`; returns the watermarks.
-async fn converged(addrs: &[String], topic: &str, min: &[u64], timeout: Duration) -> Vec<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut per_broker = Vec::new();
-        for addr in addrs {
-            per_broker.push(describe_on(addr, topic).await.map(|d| {
-                d.partitions
-                    .iter()
-                    .map(|p| p.high_watermark)
-                    .collect::<Vec<_>>()
-            }));
-        }
-        if let Some(Some(first)) = per_broker.first()
-            && per_broker.iter().all(|h| h.as_ref() == Some(first))
-            && first.iter().zip(min).all(|(h, m)| h >= m)
-            && first.len() >= min.len()
-        {
-            return first.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas of {topic} did not converge within {timeout:?}: {per_broker:?} (want at least {min:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Asserts every replica at `addrs` holds the same records for each partition, and
 /// returns the records of each partition (from the first address).
 async fn assert_replicas_identical(
@@ -153,9 +70,11 @@ async fn assert_replicas_identical(
 ) -> Vec<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for p in 0..partitions {
-        let first = read_replica(&addrs[0], topic, p).await;
+        let first = read_replica(&addrs[0], topic, p)
+            .await
+            .expect("read replica");
         for addr in &addrs[1..] {
-            let other = read_replica(addr, topic, p).await;
+            let other = read_replica(addr, topic, p).await.expect("read replica");
             assert!(
                 first == other,
                 "{topic}/{p}: replica at {addr} ({} records) differs from {} ({} records)",
@@ -244,26 +163,6 @@ fn assert_exactly_once_in_order(acked: &BTreeSet<String>, records: &[Vec<(u64, S
     }
 }
 
-/// The leader of each partition of `topic`, as the brokers at `addrs` see it.
-async fn leaders(addrs: &[String], topic: &str, timeout: Duration) -> Vec<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for addr in addrs {
-            if let Some(d) = describe_on(addr, topic).await {
-                let l: Vec<u64> = d.partitions.iter().map(|p| p.leader).collect();
-                if l.iter().all(|&id| id != 0) {
-                    return l;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} has partitions without a leader"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_topic_survives_leader_kill() {
     let _serial = SERIAL.lock().await;
@@ -278,12 +177,16 @@ async fn replicated_topic_survives_leader_kill() {
     let producer = Producer::new(conn.clone(), producer_config()).expect("producer");
     let mut acked = produce_all(&producer, TOPIC, PARTITIONS, "before", 600).await;
     let addrs = cluster.addrs();
-    let hw = converged(&addrs, TOPIC, &[100; 6], Duration::from_secs(15)).await;
+    let hw = converged(&addrs, TOPIC, &[100; 6], Duration::from_secs(15))
+        .await
+        .expect("replicas converge");
     assert_eq!(hw, vec![100; 6], "each partition holds exactly its records");
     assert_replicas_identical(&addrs, TOPIC, PARTITIONS).await;
 
     // Kill the leader of partition 0 while a producer keeps writing to every partition.
-    let leader_of = leaders(&addrs, TOPIC, Duration::from_secs(10)).await;
+    let leader_of = leaders(&addrs, TOPIC, Duration::from_secs(10))
+        .await
+        .expect("every partition has a leader");
     let victim = leader_of[0];
     let affected: BTreeSet<u32> = (0..PARTITIONS)
         .filter(|&p| leader_of[p as usize] == victim)
@@ -377,7 +280,9 @@ async fn replicated_topic_survives_leader_kill() {
     acked.extend(acks.into_iter().map(|(_, v, _)| v));
 
     // The survivors agree and hold everything acknowledged.
-    converged(&survivors, TOPIC, &hw, Duration::from_secs(15)).await;
+    converged(&survivors, TOPIC, &hw, Duration::from_secs(15))
+        .await
+        .expect("replicas converge");
     let records = assert_replicas_identical(&survivors, TOPIC, PARTITIONS).await;
     assert_exactly_once_in_order(&acked, &records);
     println!(
@@ -396,7 +301,9 @@ async fn stopped_follower_restarts_and_catches_up() {
     let producer = Producer::new(conn.clone(), producer_config()).expect("producer");
     let mut acked = produce_all(&producer, "early", 3, "one", 300).await;
     let addrs = cluster.addrs();
-    converged(&addrs, "early", &[100; 3], Duration::from_secs(15)).await;
+    converged(&addrs, "early", &[100; 3], Duration::from_secs(15))
+        .await
+        .expect("replicas converge");
 
     // Broker 1 (the lowest id, which forms new groups) goes away; the other two take
     // writes, including to a topic created while it is down.
@@ -417,8 +324,12 @@ async fn stopped_follower_restarts_and_catches_up() {
     let restarted = Instant::now();
     cluster.start_stopped();
     let addrs = cluster.addrs();
-    converged(&addrs, "early", &[200; 3], Duration::from_secs(20)).await;
-    converged(&addrs, "late", &[100; 3], Duration::from_secs(20)).await;
+    converged(&addrs, "early", &[200; 3], Duration::from_secs(20))
+        .await
+        .expect("replicas converge");
+    converged(&addrs, "late", &[100; 3], Duration::from_secs(20))
+        .await
+        .expect("replicas converge");
     println!(
         "follower: restarted broker caught up in {:?}",
         restarted.elapsed()
@@ -448,7 +359,9 @@ async fn all_brokers_restarted_lose_nothing_acknowledged() {
     let restarted = Instant::now();
     cluster.start_stopped();
     let addrs = cluster.addrs();
-    leaders(&addrs, "durable", Duration::from_secs(20)).await;
+    leaders(&addrs, "durable", Duration::from_secs(20))
+        .await
+        .expect("every partition has a leader");
     println!(
         "restart: all partitions led again {:?} after the restart",
         restarted.elapsed()
@@ -458,7 +371,9 @@ async fn all_brokers_restarted_lose_nothing_acknowledged() {
     let conn = connect(&cluster).await;
     let producer = Producer::new(conn.clone(), producer_config()).expect("producer");
     acked.extend(produce_all(&producer, "durable", 3, "after", 300).await);
-    converged(&addrs, "durable", &[300; 3], Duration::from_secs(20)).await;
+    converged(&addrs, "durable", &[300; 3], Duration::from_secs(20))
+        .await
+        .expect("replicas converge");
     let records = assert_replicas_identical(&addrs, "durable", 3).await;
     assert_exactly_once_in_order(&acked, &records);
     println!("restart: {} records present once, in order", acked.len());
@@ -494,7 +409,9 @@ async fn any_broker_routes_to_partitions_it_does_not_host() {
     let mut records = Vec::new();
     for p in &described.partitions {
         let addr = &addrs[p.leader as usize - 1];
-        let r = read_replica(addr, "sparse", p.partition).await;
+        let r = read_replica(addr, "sparse", p.partition)
+            .await
+            .expect("read replica");
         assert_eq!(r.len(), 100, "sparse/{}", p.partition);
         records.push(r);
     }
@@ -521,7 +438,9 @@ async fn cluster_forms_and_serves_before_its_first_broker_starts() {
     // It joins late, fresh, and catches up on everything.
     cluster.start_some(&[1]);
     let addrs = cluster.addrs();
-    converged(&addrs, "without-1", &[100; 3], Duration::from_secs(20)).await;
+    converged(&addrs, "without-1", &[100; 3], Duration::from_secs(20))
+        .await
+        .expect("replicas converge");
     let records = assert_replicas_identical(&addrs, "without-1", 3).await;
     assert_exactly_once_in_order(&acked, &records);
 }

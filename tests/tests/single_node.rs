@@ -554,7 +554,8 @@ async fn retried_batches_are_stored_once_and_sequence_gaps_are_refused() {
         (code(&r.error), r.base_offset, r.duplicate),
         (ErrorCode::None, 0, true)
     );
-    // A gap, a fresh producer not starting at 0, an old epoch: refused, nothing stored.
+    // A gap, a fresh producer not starting at 0 (its first batches must come first),
+    // an old epoch: refused, nothing stored.
     let r = produce_raw(&mut client, "idem", 0, stamped(pid, 0, 5, &[b"x"])).await;
     assert_eq!(
         code(&r.error),
@@ -569,7 +570,12 @@ async fn retried_batches_are_stored_once_and_sequence_gaps_are_refused() {
         stamped(other.producer_id, 0, 3, &[b"x"]),
     )
     .await;
-    assert_eq!(code(&r.error), ErrorCode::UnknownProducer, "{:?}", r.error);
+    assert_eq!(
+        code(&r.error),
+        ErrorCode::OutOfOrderSequence,
+        "{:?}",
+        r.error
+    );
     let r = produce_raw(&mut client, "idem", 0, stamped(pid, 0, 2, &[b"c"])).await;
     assert_eq!((code(&r.error), r.base_offset), (ErrorCode::None, 2));
     let r = produce_raw(&mut client, "idem", 0, stamped(pid, 1, 0, &[b"d"])).await;

@@ -3,10 +3,16 @@
 //! [`PartitionManager`] starts a Raft replica for every partition the metadata places
 //! on this broker, and stops it (deleting its data) when its topic is deleted. It owns
 //! the `partitions/` directory; nothing else creates or removes replicas.
+//!
+//! It also revives replicas that openraft stopped on its own (a write failed on a full
+//! disk, a panic): such a replica is started again from its files, which keep every
+//! fsynced entry, until a start succeeds. Until then the stopped replica stays in
+//! place, so clients keep getting its error (e.g. disk full) rather than "not here".
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -24,6 +30,9 @@ pub struct Partition {
 }
 
 type Key = (String, u32);
+
+/// How often stopped replicas are looked for and started again.
+pub const REVIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the metadata wants a partition: its group, its replicas, its topic's configs.
 struct Placement {
@@ -79,21 +88,61 @@ impl PartitionManager {
             .collect()
     }
 
-    /// Reconciles with every new metadata state until `metadata` closes.
+    /// Reconciles with every new metadata state until `metadata` closes, and every
+    /// [`REVIVE_INTERVAL`] starts again the replicas openraft stopped on its own.
     pub async fn follow(self: Arc<Self>, mut metadata: watch::Receiver<Arc<MetadataState>>) {
+        let mut revive = tokio::time::interval(REVIVE_INTERVAL);
+        revive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let state = metadata.borrow_and_update().clone();
             self.reconcile(&state).await;
-            if metadata.changed().await.is_err() {
-                return;
+            loop {
+                tokio::select! {
+                    changed = metadata.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = revive.tick() => self.revive(&state).await,
+                }
             }
         }
     }
 
-    /// Starts replicas the metadata places here and stops those it no longer does.
-    pub async fn reconcile(&self, state: &MetadataState) {
+    /// Starts again, from its files, every replica whose Raft stopped on its own. One
+    /// whose start fails stays as it was, to be tried again.
+    pub async fn revive(&self, state: &MetadataState) {
         let _one_at_a_time = self.reconcile_lock.lock().await;
-        let wanted: BTreeMap<Key, Placement> = state
+        let stopped: Vec<(Arc<Partition>, String)> = self
+            .all()
+            .into_iter()
+            .filter_map(|p| p.replica.stopped_by().map(|why| (p, why)))
+            .collect();
+        if stopped.is_empty() {
+            return;
+        }
+        let mut wanted = self.placements(state);
+        for (p, why) in stopped {
+            let key = (p.topic.clone(), p.partition);
+            let Some(placement) = wanted.remove(&key).filter(|w| w.group_id == p.group_id) else {
+                continue;
+            };
+            tracing::warn!(topic = %p.topic, partition = p.partition, reason = %why, "replica stopped; starting it again");
+            // Frees its group id for the new replica; what it fails to persist now
+            // (a full disk) its successor recovers from the log.
+            if let Err(e) = p.replica.shutdown().await {
+                tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "stopped replica's shutdown");
+            }
+            if let Err(e) = self.start(state, &key, placement).await {
+                tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "cannot start the replica again yet");
+            }
+        }
+    }
+
+    /// Where the metadata places this broker's replicas.
+    fn placements(&self, state: &MetadataState) -> BTreeMap<Key, Placement> {
+        state
             .partitions_on(self.node_id)
             .map(|(topic, p, meta)| {
                 let placement = Placement {
@@ -107,7 +156,13 @@ impl PartitionManager {
                 };
                 ((topic.to_string(), p), placement)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Starts replicas the metadata places here and stops those it no longer does.
+    pub async fn reconcile(&self, state: &MetadataState) {
+        let _one_at_a_time = self.reconcile_lock.lock().await;
+        let wanted = self.placements(state);
         let stale: Vec<Arc<Partition>> = {
             let hosted = self.hosted.read().unwrap_or_else(|p| p.into_inner());
             hosted

@@ -331,8 +331,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// The saved committed id, but never past the log's last entry: recovery may have
+    /// cut a damaged tail that held committed entries (the rest of the group still has
+    /// them), and openraft re-applies up to this id at start. What the log kept up to
+    /// there was committed then; the leader re-sends the rest.
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        Ok(self.meta.committed())
+        let committed = self.meta.committed();
+        Ok(match (committed, self.log.last_id()) {
+            (Some(c), Some(last)) if c.index > last.index => {
+                tracing::warn!(dir = %self.log.dir().display(), committed = %c, last = ?last, "the log ends before its committed id; committed entries will come from the leader");
+                Some(to_log_id(last))
+            }
+            (Some(_), None) => None,
+            (c, _) => c,
+        })
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>

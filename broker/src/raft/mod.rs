@@ -50,7 +50,7 @@ use producers::{LeaderSequences, ProducerTable, SequenceError, Stamp, Verdict};
 use state_machine::{StateMachine, StateMachineError};
 
 pub use log_store::DEFAULT_MAX_APPEND_BYTES;
-pub use network::{GroupRegistry, Network, NetworkOptions, RaftService};
+pub use network::{GroupRegistry, Network, NetworkOptions, PeerDial, RaftService};
 pub use state_machine::{ApplyHook, CheckpointPolicy, PartitionSnapshot};
 pub use types::{Applied, BasicNode, NodeId, RecordBatch, TypeConfig};
 
@@ -74,6 +74,8 @@ pub enum PendingWrite {
     Submitted {
         completed: Option<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>>,
         leader_ack: Option<AckWaiter>,
+        /// The producer stamp the leader's sequence checks counted as submitted.
+        stamp: Option<Stamp>,
     },
     /// A retry of a stamped batch already submitted: nothing new was appended; the
     /// answer is the original's offset (known, or once the original applies).
@@ -197,6 +199,18 @@ impl RaftTuning {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             enable_pre_vote: Some(true),
+            // A follower's log can end before entries it acknowledged: recovery cuts a
+            // frame that fails its CRC (a bad sector, a damaged file), and the replica
+            // comes back shorter. The leader then replicates to it again from where its
+            // log really ends, instead of asserting that logs never shrink. The entries
+            // are safe as long as the rest of the majority holds them: damage on one
+            // replica is one failure.
+            allow_log_reversion: Some(true),
+            // A restarted leader always stands for election instead of resuming its old
+            // term: its log may have lost a tail it had already sent (a torn write, a
+            // corrupt frame cut by recovery), and new entries in the same term at those
+            // indexes would carry the same log ids as the copies followers hold.
+            enable_leader_restore: Some(false),
             ..Config::default()
         }
         .validate()
@@ -475,6 +489,16 @@ impl Replica {
         self.log.purge_point(keep_from, held_by_all)
     }
 
+    /// Why openraft stopped this replica on its own (a storage error such as a full
+    /// disk, or a panic); `None` while it runs or after [`Replica::shutdown`]. A
+    /// stopped replica answers nothing until it is started again from its files.
+    pub fn stopped_by(&self) -> Option<String> {
+        match &self.raft.metrics().borrow_watched().running_state {
+            Ok(()) | Err(Fatal::Stopped) => None,
+            Err(f) => Some(self.fatal(f.clone()).to_string()),
+        }
+    }
+
     /// Voters holding every committed entry, as the leader sees them (the leader
     /// included). Empty on a follower, which cannot tell.
     pub fn in_sync_replicas(&self) -> Vec<NodeId> {
@@ -554,16 +578,21 @@ impl Replica {
     pub async fn submit(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
         // A batch the log cannot index would fail the append and stop the group.
         let header = BatchHeader::parse(&batch)?;
+        // A replica stopped by its storage (a full disk) says so, rather than passing
+        // for a leader it no longer is.
+        if let Some(e) = self.failure.get() {
+            return Err(ReplicaError::Storage(e));
+        }
         self.ensure_leader()?;
         let Some(stamp) = Stamp::of(&header) else {
-            return self.submit_to_raft(batch, acks).await;
+            return self.submit_to_raft(batch, acks, None).await;
         };
         let mut sequences = self.sequences.lock().await;
         let term = self.settled_term()?;
         let verdict = sequences.check(term, &self.producer_table(), &stamp)?;
         match verdict {
             Verdict::Append => {
-                let pending = self.submit_to_raft(batch, acks).await?;
+                let pending = self.submit_to_raft(batch, acks, Some(stamp)).await?;
                 sequences.submitted(&stamp);
                 Ok(pending)
             }
@@ -578,12 +607,23 @@ impl Replica {
     /// This leader's term, once every entry of earlier terms is applied (so the
     /// producer table covers them): openraft's first entry in a new term is a blank
     /// one, and it is applied only after everything before it.
+    ///
+    /// The replica must be leading now, not only hold its old vote: a restarted leader
+    /// keeps the vote of its last term while it stands for election, and its table
+    /// then lacks whatever was committed after its last saved commit point.
     fn settled_term(&self) -> Result<u64, ReplicaError> {
-        let (term, applied_term) = {
+        let (term, applied_term, leading) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_term, m.last_applied.map(|id| id.leader_id.term))
+            (
+                m.current_term,
+                m.last_applied.map(|id| id.leader_id.term),
+                m.state.is_leader() && m.current_leader == Some(self.node_id),
+            )
         };
+        if !leading {
+            return Err(ReplicaError::NotLeader { leader: None });
+        }
         if applied_term == Some(term) {
             return Ok(term);
         }
@@ -593,7 +633,12 @@ impl Replica {
         })
     }
 
-    async fn submit_to_raft(&self, batch: Bytes, acks: Acks) -> Result<PendingWrite, ReplicaError> {
+    async fn submit_to_raft(
+        &self,
+        batch: Bytes,
+        acks: Acks,
+        stamp: Option<Stamp>,
+    ) -> Result<PendingWrite, ReplicaError> {
         let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
         let (responder, completed) = match acks {
             Acks::None => (None, None),
@@ -609,6 +654,7 @@ impl Replica {
         Ok(PendingWrite::Submitted {
             completed,
             leader_ack,
+            stamp,
         })
     }
 
@@ -616,11 +662,12 @@ impl Replica {
     /// majority (`All`), fsync on this leader (`Leader`, or commit if that comes first),
     /// or nothing (`None`).
     pub async fn complete(&self, pending: PendingWrite) -> Result<Written, ReplicaError> {
-        let (completed, leader_ack) = match pending {
+        let (completed, leader_ack, stamp) = match pending {
             PendingWrite::Submitted {
                 completed,
                 leader_ack,
-            } => (completed, leader_ack),
+                stamp,
+            } => (completed, leader_ack, stamp),
             PendingWrite::Duplicate { stamp, offset } => {
                 return self.original_of(stamp, offset).await;
             }
@@ -639,7 +686,15 @@ impl Replica {
                     high_watermark: resp.data.high_watermark,
                     duplicate: false,
                 }),
-                Ok(Err(e)) => Err(self.client_write_error(e)),
+                Ok(Err(e)) => {
+                    // openraft refused the entry after the sequence check counted it
+                    // (a leader whose lease lapsed refuses writes for a moment): it is
+                    // not in the log, so its retry must be checked anew, not awaited.
+                    if let (ClientWriteError::ForwardToLeader(_), Some(stamp)) = (&e, &stamp) {
+                        self.sequences.lock().await.refused(stamp);
+                    }
+                    Err(self.client_write_error(e))
+                }
                 Err(_) => Err(ReplicaError::Shutdown),
             }
         };
@@ -680,12 +735,18 @@ impl Replica {
             loop {
                 let applied = {
                     let table = self.producer_table();
-                    (table.offset_of(&stamp), table.covers(&stamp))
+                    (
+                        table.offset_of(&stamp),
+                        table.covers(&stamp),
+                        table.skipped(&stamp),
+                    )
                 };
                 match applied {
-                    (Some(base), _) => return Ok(written(base)),
-                    (None, true) => return Err(SequenceError::old_duplicate(&stamp).into()),
-                    (None, false) => {}
+                    (Some(base), ..) => return Ok(written(base)),
+                    (None, true, _) => return Err(SequenceError::old_duplicate(&stamp).into()),
+                    // The original was refused after it was checked, and the log moved on.
+                    (None, false, true) => return Err(SequenceError::skipped(&stamp).into()),
+                    (None, false, false) => {}
                 }
                 self.ensure_leader()?;
                 tokio::select! {

@@ -4,7 +4,9 @@
 //! Owns: the [`GroupRegistry`] that routes incoming requests to the group's `Raft`, the
 //! server side ([`RaftService`]), the client side ([`Network`]: one shared, lazily
 //! connected tonic `Channel` per peer address; [`GroupNetwork`] / [`PeerClient`] per
-//! group), and the payload encoding. Must never panic on bad or unexpected input: an
+//! group), and the payload encoding. A peer is dialed at its address in the group's
+//! membership unless [`NetworkOptions::dial`] overrides it (tunnels, NAT, fault
+//! proxies): the membership keeps advertised addresses, dialing is a local choice. Must never panic on bad or unexpected input: an
 //! unknown group, an undecodable payload or a stopped group is a typed error.
 //!
 //! Payloads are openraft's own request/response types, encoded as one wire-version
@@ -15,7 +17,7 @@
 //! releases: brokers refuse, rather than misread, a payload of another version.
 //! Pre-vote travels on the `Vote` RPC, tagged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -258,6 +260,8 @@ pub struct NetworkOptions {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive ping interval on peer connections.
     pub keep_alive: Duration,
+    /// Peers to dial somewhere other than their advertised address (`--peer-dial`).
+    pub dial: PeerDial,
 }
 
 impl Default for NetworkOptions {
@@ -265,7 +269,28 @@ impl Default for NetworkOptions {
         Self {
             connect_timeout: Duration::from_secs(1),
             keep_alive: Duration::from_secs(10),
+            dial: PeerDial::default(),
         }
+    }
+}
+
+/// Where this broker dials each peer: an override per broker id, else the address
+/// the peer advertises. Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerDial {
+    overrides: Arc<BTreeMap<NodeId, String>>,
+}
+
+impl PeerDial {
+    pub fn new(overrides: BTreeMap<NodeId, String>) -> Self {
+        Self {
+            overrides: Arc::new(overrides),
+        }
+    }
+
+    /// The address to dial broker `id` at, given the address it advertises.
+    pub fn addr<'a>(&'a self, id: NodeId, advertised: &'a str) -> &'a str {
+        self.overrides.get(&id).map_or(advertised, String::as_str)
     }
 }
 
@@ -341,11 +366,12 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let addr = self.network.inner.options.dial.addr(target, &node.addr);
         PeerClient {
             group_id: self.group_id,
             local: self.local,
             target,
-            addr: node.addr.clone(),
+            addr: addr.to_string(),
             network: self.network.clone(),
         }
     }
@@ -523,6 +549,22 @@ mod tests {
             decode::<(VoteKind, u64)>(&[WIRE_VERSION, 0xff]),
             Err(TransportError::Decode(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn peers_are_dialed_at_their_override_else_as_advertised() {
+        let dial = PeerDial::new(BTreeMap::from([(2, "127.0.0.1:19702".to_string())]));
+        assert_eq!(dial.addr(2, "b2:9700"), "127.0.0.1:19702");
+        assert_eq!(dial.addr(3, "b3:9700"), "b3:9700");
+        let network = Network::new(NetworkOptions {
+            dial,
+            ..NetworkOptions::default()
+        });
+        let mut group = network.group(7, 1);
+        let client = group.new_client(2, &BasicNode::new("b2:9700")).await;
+        assert_eq!(client.addr, "127.0.0.1:19702");
+        let client = group.new_client(3, &BasicNode::new("b3:9700")).await;
+        assert_eq!(client.addr, "b3:9700");
     }
 
     #[tokio::test]

@@ -12,6 +12,13 @@
 //!
 //! Must never depend on time or on anything a replica does not share: replicas apply
 //! the table identically from the log.
+//!
+//! Skipped sequences: the leader chains a batch onto the ones it submitted before, but
+//! openraft may still refuse one of those after the check (a leader whose lease lapsed
+//! under load refuses writes for a moment without losing its term), and the next one
+//! then lands without it. The table records such gaps, so a retry of the missing batch
+//! is never mistaken for one already stored (which the producer would count as
+//! delivered); it is refused as out of order instead.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -24,7 +31,8 @@ use thiserror::Error;
 pub const BATCHES_KEPT: usize = 8;
 
 /// Producers remembered per partition; beyond it, the one that wrote least recently
-/// is forgotten (a later batch of it gets `UNKNOWN_PRODUCER`).
+/// is forgotten (a later batch of it gets `UNKNOWN_PRODUCER`, and so does any unknown
+/// producer's batch past sequence 0 while the table is full).
 pub const MAX_PRODUCERS: usize = 10_000;
 
 /// A batch's producer stamp and the sequence range it covers.
@@ -77,6 +85,16 @@ pub enum SequenceError {
         "producer {producer_id} is unknown to this partition and its batch starts at sequence {got}, not 0"
     )]
     UnknownProducer { producer_id: i64, got: i32 },
+    /// The producer must not count it as stored: it is not, and it cannot be stored in
+    /// order any more.
+    #[error(
+        "batch {first_seq}..={last_seq} of producer {producer_id} was not stored and the partition has moved past it; it cannot be stored in order"
+    )]
+    Skipped {
+        producer_id: i64,
+        first_seq: i32,
+        last_seq: i32,
+    },
     #[error(
         "batch {first_seq}..={last_seq} of producer {producer_id} was appended long ago; its offset is no longer known"
     )]
@@ -88,6 +106,15 @@ pub enum SequenceError {
 }
 
 impl SequenceError {
+    /// `stamp` was skipped by the log (see [`ProducerTable::skipped`]).
+    pub fn skipped(stamp: &Stamp) -> Self {
+        Self::Skipped {
+            producer_id: stamp.producer_id,
+            first_seq: stamp.first_seq,
+            last_seq: stamp.last_seq,
+        }
+    }
+
     pub fn old_duplicate(stamp: &Stamp) -> Self {
         Self::OldDuplicate {
             producer_id: stamp.producer_id,
@@ -121,6 +148,10 @@ struct ProducerEntry {
     batches: VecDeque<SeqBatch>,
     /// The offset of its last record, for evicting the least recent producer.
     last_offset: u64,
+    /// The last [`BATCHES_KEPT`] sequence ranges of `epoch` the log skipped, oldest
+    /// first (see the module docs).
+    #[serde(default)]
+    gaps: VecDeque<(i32, i32)>,
 }
 
 /// Every producer a partition has applied a stamped batch from (see the module docs).
@@ -140,10 +171,19 @@ impl ProducerTable {
                 epoch: stamp.epoch,
                 batches: VecDeque::new(),
                 last_offset: 0,
+                gaps: VecDeque::new(),
             });
         if entry.epoch != stamp.epoch {
             entry.epoch = stamp.epoch;
             entry.batches.clear();
+            entry.gaps.clear();
+        }
+        let last = entry.batches.back().map_or(-1, |b| b.last_seq);
+        if stamp.first_seq > last.saturating_add(1) {
+            entry.gaps.push_back((last + 1, stamp.first_seq - 1));
+            if entry.gaps.len() > BATCHES_KEPT {
+                entry.gaps.pop_front();
+            }
         }
         entry.batches.push_back(SeqBatch {
             first_seq: stamp.first_seq,
@@ -182,6 +222,18 @@ impl ProducerTable {
     pub fn covers(&self, stamp: &Stamp) -> bool {
         self.last(stamp.producer_id)
             .is_some_and(|(epoch, last)| epoch == stamp.epoch && last >= stamp.last_seq)
+            && !self.skipped(stamp)
+    }
+
+    /// Whether the log went past `stamp`'s sequences without them: the batch was never
+    /// stored, and cannot be in order any more.
+    pub fn skipped(&self, stamp: &Stamp) -> bool {
+        self.producers.get(&stamp.producer_id).is_some_and(|e| {
+            e.epoch == stamp.epoch
+                && e.gaps
+                    .iter()
+                    .any(|&(from, to)| stamp.first_seq <= to && stamp.last_seq >= from)
+        })
     }
 
     /// The producer's epoch and last applied sequence.
@@ -252,9 +304,18 @@ impl LeaderSequences {
         let Some((epoch, last_seq)) = last else {
             return if stamp.first_seq == 0 {
                 Ok(Verdict::Append)
-            } else {
+            } else if table.len() >= MAX_PRODUCERS {
+                // The table may have forgotten it: the producer starts a new epoch.
                 Err(SequenceError::UnknownProducer {
                     producer_id: pid,
+                    got: stamp.first_seq,
+                })
+            } else {
+                // Its first batches were refused or lost with a leader's term and are
+                // being resent: this one waits for them, as a new epoch would reorder.
+                Err(SequenceError::OutOfOrder {
+                    producer_id: pid,
+                    expected: 0,
                     got: stamp.first_seq,
                 })
             };
@@ -273,12 +334,10 @@ impl LeaderSequences {
         };
         if stamp.first_seq == expected {
             Ok(Verdict::Append)
-        } else if stamp.epoch == epoch && stamp.last_seq <= last_seq {
-            Err(SequenceError::OldDuplicate {
-                producer_id: pid,
-                first_seq: stamp.first_seq,
-                last_seq: stamp.last_seq,
-            })
+        } else if stamp.epoch == epoch && table.covers(stamp) {
+            Err(SequenceError::old_duplicate(stamp))
+        } else if table.skipped(stamp) {
+            Err(SequenceError::skipped(stamp))
         } else {
             Err(SequenceError::OutOfOrder {
                 producer_id: pid,
@@ -294,6 +353,18 @@ impl LeaderSequences {
             .entry(stamp.producer_id)
             .or_default()
             .push_back((stamp.epoch, stamp.first_seq, stamp.last_seq));
+    }
+
+    /// Notes that openraft refused the submitted `stamp` without appending it. If a
+    /// later batch chained onto it lands anyway, the table records the gap.
+    pub fn refused(&mut self, stamp: &Stamp) {
+        let key = (stamp.epoch, stamp.first_seq, stamp.last_seq);
+        if let Some(queue) = self.pending.get_mut(&stamp.producer_id) {
+            queue.retain(|p| *p != key);
+            if queue.is_empty() {
+                self.pending.remove(&stamp.producer_id);
+            }
+        }
     }
 }
 
@@ -315,9 +386,28 @@ mod tests {
         let mut l = LeaderSequences::default();
         let t = ProducerTable::default();
         assert_eq!(l.check(1, &t, &stamp(7, 0, 0, 3)), Ok(Verdict::Append));
+        // Its first batches are being resent (refused, or lost with a term): wait.
         assert!(matches!(
             l.check(1, &t, &stamp(8, 0, 5, 3)),
-            Err(SequenceError::UnknownProducer { got: 5, .. })
+            Err(SequenceError::OutOfOrder {
+                expected: 0,
+                got: 5,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_table_that_forgets_producers_answers_unknown_producer() {
+        let mut l = LeaderSequences::default();
+        let mut t = ProducerTable::default();
+        for pid in 0..=(MAX_PRODUCERS as i64) {
+            t.apply(&stamp(pid, 0, 0, 1), pid as u64);
+        }
+        // Producer 0 was evicted; its next batch cannot be placed.
+        assert!(matches!(
+            l.check(1, &t, &stamp(0, 0, 1, 1)),
+            Err(SequenceError::UnknownProducer { got: 1, .. })
         ));
     }
 
@@ -406,6 +496,55 @@ mod tests {
             l.check(1, &t, &stamp(1, 0, 9, 1)),
             Ok(Verdict::Duplicate(Some(9)))
         );
+    }
+
+    #[test]
+    fn a_batch_the_log_skipped_is_never_taken_for_a_stored_one() {
+        let mut l = LeaderSequences::default();
+        let mut t = ProducerTable::default();
+        let (a, lost, b) = (stamp(1, 0, 0, 2), stamp(1, 0, 2, 1), stamp(1, 0, 3, 4));
+        for s in [a, lost, b] {
+            assert_eq!(l.check(1, &t, &s), Ok(Verdict::Append));
+            l.submitted(&s);
+        }
+        // openraft refused `lost` after the check; `b` landed right after `a`.
+        t.apply(&a, 0);
+        t.apply(&b, 2);
+        assert!(t.skipped(&lost) && !t.covers(&lost));
+        assert!(!t.skipped(&a) && t.covers(&a) && t.covers(&b));
+        assert!(matches!(
+            l.check(1, &t, &lost),
+            Err(SequenceError::Skipped { first_seq: 2, .. })
+        ));
+        // Still refused once it is older than the batches the table remembers.
+        for i in 0..(BATCHES_KEPT as i32 + 2) {
+            t.apply(&stamp(1, 0, 7 + i, 1), 6 + i as u64);
+        }
+        assert!(matches!(
+            l.check(2, &t, &lost),
+            Err(SequenceError::Skipped { .. })
+        ));
+        assert!(matches!(
+            l.check(2, &t, &a),
+            Err(SequenceError::OldDuplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refused_batch_is_checked_anew_when_it_comes_back() {
+        let mut l = LeaderSequences::default();
+        let t = ProducerTable::default();
+        let (a, b) = (stamp(1, 0, 0, 2), stamp(1, 0, 2, 3));
+        for s in [a, b] {
+            assert_eq!(l.check(1, &t, &s), Ok(Verdict::Append));
+            l.submitted(&s);
+        }
+        // Both refused by openraft: nothing of them is in the log.
+        l.refused(&b);
+        l.refused(&a);
+        assert_eq!(l.check(1, &t, &a), Ok(Verdict::Append), "not a duplicate");
+        l.submitted(&a);
+        assert_eq!(l.check(1, &t, &b), Ok(Verdict::Append));
     }
 
     #[test]

@@ -717,3 +717,55 @@ fn the_preferred_leader_forms_a_new_group_first_then_the_rest_by_id() {
     // A preferred leader that is not a member changes nothing.
     assert_eq!(init_order(&members, Some(9)), [1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_log_lost_committed_entries_still_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = GroupRegistry::new();
+    let network = Network::default();
+    let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+    let spec = ReplicaSpec::new(9, 1, dir.path(), members).tuning(fast_tuning());
+    let replica = Replica::start(spec.clone(), &registry, &network)
+        .await
+        .expect("start");
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    for i in 0..10 {
+        replica.write(batch(i, 1), Acks::All).await.expect("write");
+    }
+    let last = replica.log().last_id().expect("entries");
+    replica.shutdown().await.expect("shutdown");
+    assert!(
+        !dir.path().join("sm-state").exists(),
+        "no checkpoint: the state machine re-applies from the committed id"
+    );
+
+    // A damaged disk: the last frame is torn, though the saved committed id covers it.
+    let segment = dir.path().join("log").join("00000000000000000000.log");
+    let len = std::fs::metadata(&segment).expect("segment").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|f| f.set_len(len - 10))
+        .expect("tear the last frame");
+
+    let replica = Replica::start(spec, &registry, &network)
+        .await
+        .expect("starts from what the log kept");
+    assert_eq!(
+        replica.log().last_id().map(|id| id.index),
+        Some(last.index - 1)
+    );
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader again");
+    let w = replica
+        .write(batch(10, 1), Acks::All)
+        .await
+        .expect("write after the damage");
+    assert_eq!(w.base_offset, Some(9), "offsets continue from what is left");
+    replica.shutdown().await.expect("shutdown");
+}

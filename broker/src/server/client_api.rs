@@ -30,11 +30,12 @@ pub struct ClientApi {
 }
 
 impl ClientApi {
-    /// Serves once `node` is set; until then every call gets `UNAVAILABLE`.
-    pub fn new(node: Arc<OnceLock<Arc<Node>>>) -> Self {
+    /// Serves once `node` is set; until then every call gets `UNAVAILABLE`. Asks
+    /// other brokers through `peers`.
+    pub fn new(node: Arc<OnceLock<Arc<Node>>>, peers: Peers) -> Self {
         Self {
             node,
-            peers: Arc::default(),
+            peers: Arc::new(peers),
         }
     }
 

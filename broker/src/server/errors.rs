@@ -125,7 +125,9 @@ pub fn from_replica(e: &ReplicaError) -> v1::Error {
         ReplicaError::Sequence(s) => {
             let code = match s {
                 SequenceError::Fenced { .. } => ErrorCode::ProducerFenced,
-                SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+                SequenceError::OutOfOrder { .. } | SequenceError::Skipped { .. } => {
+                    ErrorCode::OutOfOrderSequence
+                }
                 SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducer,
                 SequenceError::OldDuplicate { .. } => ErrorCode::DuplicateSequence,
             };

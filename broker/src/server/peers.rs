@@ -7,6 +7,7 @@
 //! forwarded request is answered from local replicas only, never forwarded again.
 //! The brokers are asked in parallel, each bounded by [`PEER_TIMEOUT`], so a dead
 //! broker delays an answer by at most that and costs only its partitions' leaders.
+//! Brokers are dialed as the Raft transport dials them ([`PeerDial`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -17,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::MAX_MESSAGE_BYTES;
 use crate::metadata::MetadataState;
+use crate::raft::PeerDial;
 
 /// gRPC metadata key marking a request one broker sent another on a client's behalf.
 pub const FORWARDED: &str = "sluice-forwarded";
@@ -28,9 +30,17 @@ pub const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    dial: PeerDial,
 }
 
 impl Peers {
+    pub fn new(dial: PeerDial) -> Self {
+        Self {
+            channels: Mutex::default(),
+            dial,
+        }
+    }
+
     fn client(&self, addr: &str) -> Option<SluiceClient<Channel>> {
         Some(
             SluiceClient::new(self.channel(addr)?)
@@ -82,8 +92,8 @@ impl Peers {
             .filter(|&id| id != me)
             .collect();
         let calls = ask.into_iter().filter_map(|id| {
-            let addr = state.brokers.get(&id)?.addr.clone();
-            let mut client = self.client(&addr)?;
+            let addr = self.dial.addr(id, &state.brokers.get(&id)?.addr);
+            let mut client = self.client(addr)?;
             let mut req = tonic::Request::new(v1::DescribeTopicRequest { name: topic.into() });
             req.metadata_mut()
                 .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));

@@ -44,13 +44,19 @@ struct Job {
 
 type Reply = Result<v1::ProduceResponse, Status>;
 
+/// A partition's lane on one stream, and the hosted replica it writes to.
+struct Lane {
+    partition: Arc<Partition>,
+    jobs: mpsc::Sender<Job>,
+}
+
 pub fn serve(
     node: Arc<Node>,
     mut requests: Streaming<v1::ProduceRequest>,
 ) -> ReceiverStream<Reply> {
     let (replies, out) = mpsc::channel(REPLY_BUFFER);
     tokio::spawn(async move {
-        let mut lanes: HashMap<(String, u32), mpsc::Sender<Job>> = HashMap::new();
+        let mut lanes: HashMap<(String, u32), Lane> = HashMap::new();
         loop {
             let req = match requests.message().await {
                 Ok(Some(req)) => req,
@@ -70,10 +76,17 @@ pub fn serve(
                 Ok((partition, job)) => {
                     let key = (partition.topic.clone(), partition.partition);
                     let fire_and_forget = job.acks == Acks::None;
-                    let lane = lanes
-                        .entry(key)
-                        .or_insert_with(|| spawn_lane(partition, replies.clone()));
-                    if lane.send(job).await.is_err() {
+                    // A replica started again (see `PartitionManager::revive`) gets a
+                    // new lane; the old one answers what it holds and ends.
+                    let lane = match lanes.get(&key) {
+                        Some(lane) if Arc::ptr_eq(&lane.partition, &partition) => lane,
+                        _ => {
+                            let jobs = spawn_lane(partition.clone(), replies.clone());
+                            lanes.insert(key.clone(), Lane { partition, jobs });
+                            &lanes[&key]
+                        }
+                    };
+                    if lane.jobs.send(job).await.is_err() {
                         break;
                     }
                     // acks=none is answered on receipt, without an offset.
