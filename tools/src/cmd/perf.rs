@@ -42,7 +42,6 @@ use serde_json::{Value, json};
 use sluice_client::{
     Acks, Admin, ClientError, Compression, Connection, Consumer, ConsumerConfig, DeliveryFuture,
     NewTopic, Offset, OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicMetadata,
-    TopicPartition,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -960,15 +959,6 @@ async fn consume(conn: &Connection, a: PerfConsumeArgs, lines: Lines) -> anyhow:
     if a.from == StartAt::Latest && a.records.is_none() && a.duration.is_none() {
         bail!("with --from latest, give --records or --duration (there is nothing to read yet)");
     }
-    let topic = conn
-        .topic(&a.topic)
-        .await
-        .with_context(|| format!("cannot consume '{}'", a.topic))?;
-    let tps: Vec<TopicPartition> = topic
-        .partitions
-        .iter()
-        .map(|p| TopicPartition::new(&a.topic, p.partition))
-        .collect();
     let mut consumer = Consumer::new(
         conn.clone(),
         ConsumerConfig {
@@ -978,7 +968,10 @@ async fn consume(conn: &Connection, a: PerfConsumeArgs, lines: Lines) -> anyhow:
             ..ConsumerConfig::default()
         },
     )?;
-    consumer.assign(tps.clone());
+    let tps = consumer
+        .assign_topic(&a.topic)
+        .await
+        .with_context(|| format!("cannot consume '{}'", a.topic))?;
     let start_at = match a.from {
         StartAt::Earliest => Offset::Earliest,
         StartAt::Latest => Offset::Latest,
@@ -1064,11 +1057,6 @@ async fn end_to_end(
         );
     }
     let topic = prepare_topic(conn, &a.topic, global, &lines).await?;
-    let tps: Vec<TopicPartition> = topic
-        .partitions
-        .iter()
-        .map(|p| TopicPartition::new(&topic.name, p.partition))
-        .collect();
     let mut consumer = Consumer::new(
         conn.clone(),
         ConsumerConfig {
@@ -1077,7 +1065,7 @@ async fn end_to_end(
             ..ConsumerConfig::default()
         },
     )?;
-    consumer.assign(tps.clone());
+    let tps = consumer.assign_topic(&topic.name).await?;
     for tp in &tps {
         consumer.seek(tp, Offset::Latest)?;
         consumer.position(tp).await?;
