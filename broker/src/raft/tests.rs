@@ -114,6 +114,18 @@ fn same_bytes(a: &[Bytes], b: &[Bytes]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
+/// Starts `spec` (a group whose only member is this node) and waits until it leads.
+async fn start_leading(spec: ReplicaSpec, registry: &GroupRegistry) -> Replica {
+    let replica = Replica::start(spec, registry, &Network::default())
+        .await
+        .expect("start");
+    replica
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    replica
+}
+
 async fn wait_hw(replica: &Replica, want: u64, within: Duration) {
     let mut rx = replica.watch_high_watermark();
     tokio::time::timeout(within, rx.wait_for(|hw| *hw >= want))
@@ -195,13 +207,7 @@ async fn single_node_writes_restarts_and_continues() {
         "a checkpoint was taken"
     );
 
-    let replica = Replica::start(spec, &registry, &network)
-        .await
-        .expect("restart");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader again");
+    let replica = start_leading(spec, &registry).await;
     wait_hw(&replica, next, Duration::from_secs(5)).await;
     let after = read_all(replica.log(), next);
     assert!(same_bytes(&before, &after), "data intact after restart");
@@ -222,13 +228,7 @@ async fn acks_leader_and_none() {
     let registry = GroupRegistry::new();
     let members = BTreeMap::from([(5, BasicNode::new("127.0.0.1:1"))]);
     let spec = ReplicaSpec::new(3, 5, dir.path(), members).tuning(fast_tuning());
-    let replica = Replica::start(spec, &registry, &Network::default())
-        .await
-        .expect("start");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader");
+    let replica = start_leading(spec, &registry).await;
 
     let mut next = 0;
     for i in 0..20u64 {
@@ -270,13 +270,7 @@ async fn apply_hook_sees_every_batch_in_order_even_after_restart() {
     let spec = ReplicaSpec::new(0, 1, dir.path(), members)
         .tuning(fast_tuning())
         .hook(hook);
-    let replica = Replica::start(spec.clone(), &registry, &Network::default())
-        .await
-        .expect("start");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader");
+    let replica = start_leading(spec.clone(), &registry).await;
     for i in 0..5 {
         replica.write(batch(i, 2), Acks::All).await.expect("write");
     }
@@ -609,16 +603,10 @@ fn a_storage_failure_keeps_its_type_through_openraft() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_writes_keep_their_order_while_acks_overlap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (registry, network) = (GroupRegistry::new(), Network::default());
+    let registry = GroupRegistry::new();
     let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
     let spec = ReplicaSpec::new(9, 1, dir.path(), members).tuning(fast_tuning());
-    let replica = Replica::start(spec, &registry, &network)
-        .await
-        .expect("start");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader");
+    let replica = start_leading(spec, &registry).await;
     let mut pending = Vec::new();
     for i in 0..200u64 {
         pending.push(
@@ -642,7 +630,7 @@ async fn submitted_writes_keep_their_order_while_acks_overlap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_snapshots_then_purges_and_the_replica_restarts_from_there() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (registry, network) = (GroupRegistry::new(), Network::default());
+    let registry = GroupRegistry::new();
     let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
     let spec = ReplicaSpec::new(11, 1, dir.path(), members)
         .log_config(LogConfig {
@@ -654,13 +642,7 @@ async fn retention_snapshots_then_purges_and_the_replica_restarts_from_there() {
             ..small_log()
         })
         .tuning(fast_tuning());
-    let replica = Replica::start(spec.clone(), &registry, &network)
-        .await
-        .expect("start");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader");
+    let replica = start_leading(spec.clone(), &registry).await;
     for i in 0..300u64 {
         replica.write(batch(i, 2), Acks::All).await.expect("write");
     }
@@ -684,13 +666,7 @@ async fn retention_snapshots_then_purges_and_the_replica_restarts_from_there() {
     ));
     replica.shutdown().await.expect("shutdown");
 
-    let replica = Replica::start(spec, &registry, &network)
-        .await
-        .expect("restart");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader again");
+    let replica = start_leading(spec, &registry).await;
     wait_hw(&replica, 600, Duration::from_secs(5)).await;
     assert_eq!(replica.log().start_offset(), start);
     let w = replica
@@ -725,13 +701,7 @@ async fn a_replica_whose_log_lost_committed_entries_still_starts() {
     let network = Network::default();
     let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
     let spec = ReplicaSpec::new(9, 1, dir.path(), members).tuning(fast_tuning());
-    let replica = Replica::start(spec.clone(), &registry, &network)
-        .await
-        .expect("start");
-    replica
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .expect("leader");
+    let replica = start_leading(spec.clone(), &registry).await;
     for i in 0..10 {
         replica.write(batch(i, 1), Acks::All).await.expect("write");
     }
