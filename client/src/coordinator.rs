@@ -176,7 +176,7 @@ impl Coordinator {
     ) -> Result<BTreeMap<TopicPartition, OffsetAndMetadata>> {
         let req = v1::OffsetFetchRequest {
             group_id: self.group.clone(),
-            partitions: partitions_to_proto(partitions.unwrap_or_default().iter().cloned()),
+            partitions: TopicPartition::to_wire(partitions.unwrap_or_default().iter().cloned()),
         };
         let offsets = self
             .call(|mut c| {
@@ -192,36 +192,6 @@ impl Coordinator {
     }
 }
 
-/// Partitions grouped by topic, as the wire has them.
-pub(crate) fn partitions_to_proto(
-    tps: impl IntoIterator<Item = TopicPartition>,
-) -> Vec<v1::TopicPartitions> {
-    let mut sorted: Vec<TopicPartition> = tps.into_iter().collect();
-    sorted.sort();
-    let mut out: Vec<v1::TopicPartitions> = Vec::new();
-    for tp in sorted {
-        match out.last_mut() {
-            Some(last) if last.topic == tp.topic => last.partitions.push(tp.partition),
-            _ => out.push(v1::TopicPartitions {
-                topic: tp.topic,
-                partitions: vec![tp.partition],
-            }),
-        }
-    }
-    out
-}
-
-pub(crate) fn partitions_from_proto(
-    list: Vec<v1::TopicPartitions>,
-) -> impl Iterator<Item = TopicPartition> {
-    list.into_iter().flat_map(|t| {
-        let topic = t.topic;
-        t.partitions
-            .into_iter()
-            .map(move |p| TopicPartition::new(topic.clone(), p))
-    })
-}
-
 pub(crate) fn committed_from_proto(
     list: Vec<v1::CommittedOffset>,
 ) -> BTreeMap<TopicPartition, OffsetAndMetadata> {
@@ -234,29 +204,4 @@ pub(crate) fn committed_from_proto(
             (TopicPartition::new(o.topic, o.partition), committed)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_lists_are_grouped_by_topic_and_read_back() {
-        let tps = vec![
-            TopicPartition::new("b", 1),
-            TopicPartition::new("a", 2),
-            TopicPartition::new("a", 0),
-        ];
-        let wire = partitions_to_proto(tps.clone());
-        assert_eq!(wire.len(), 2);
-        assert_eq!(
-            (wire[0].topic.as_str(), wire[0].partitions.as_slice()),
-            ("a", &[0, 2][..])
-        );
-        let mut back: Vec<TopicPartition> = partitions_from_proto(wire).collect();
-        back.sort();
-        let mut want = tps;
-        want.sort();
-        assert_eq!(back, want);
-    }
 }

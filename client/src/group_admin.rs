@@ -9,7 +9,7 @@ use sluice_proto::v1;
 
 use crate::admin::Admin;
 use crate::consumer::OffsetAndMetadata;
-use crate::coordinator::{Coordinator, committed_from_proto, partitions_from_proto};
+use crate::coordinator::{Coordinator, committed_from_proto};
 use crate::error::{ClientError, Result, check};
 use crate::types::TopicPartition;
 
@@ -139,8 +139,8 @@ impl Admin {
                     member_epoch: m.member_epoch,
                     subscribed_topics: m.subscribed_topics,
                     subscribed_regex: m.subscribed_regex,
-                    assigned: partitions_from_proto(m.assigned).collect(),
-                    revoking: partitions_from_proto(m.revoking).collect(),
+                    assigned: TopicPartition::from_wire(m.assigned).collect(),
+                    revoking: TopicPartition::from_wire(m.revoking).collect(),
                 })
                 .collect(),
             offsets: committed_from_proto(resp.offsets),

@@ -5,35 +5,7 @@ use std::fmt;
 
 use sluice_proto::v1;
 
-/// One partition of one topic.
-///
-/// ```
-/// use sluice_client::TopicPartition;
-///
-/// let tp = TopicPartition::new("orders", 3);
-/// assert_eq!(tp.to_string(), "orders/3");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: u32,
-}
-
-impl TopicPartition {
-    /// `topic`'s partition `partition`.
-    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.topic, self.partition)
-    }
-}
+pub use sluice_proto::TopicPartition;
 
 /// A position to start reading a partition from. Everything but `At` is resolved
 /// to an offset with the broker's `ListOffsets`.

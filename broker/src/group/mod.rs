@@ -27,10 +27,8 @@ pub mod records;
 pub mod shard;
 pub mod writer;
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::metadata::ControllerError;
@@ -47,27 +45,7 @@ pub const MAX_GROUP_ID_LEN: usize = 249;
 /// Longest metadata string stored with a committed offset (Kafka's default).
 pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
 
-/// One partition of one topic.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: u32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.topic, self.partition)
-    }
-}
+pub use sluice_proto::TopicPartition;
 
 /// Coordinator settings (broker flags). Members may ask for their own session and
 /// rebalance timeouts within the bounds here.

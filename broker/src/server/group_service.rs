@@ -10,7 +10,6 @@
 //!
 //! Lives in `server/` rather than `group/` so that gRPC types stay in this module.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -145,31 +144,6 @@ impl GroupService {
     }
 }
 
-fn tps(list: Vec<v1::TopicPartitions>) -> BTreeSet<TopicPartition> {
-    list.into_iter()
-        .flat_map(|t| {
-            let topic = t.topic;
-            t.partitions
-                .into_iter()
-                .map(move |p| TopicPartition::new(topic.clone(), p))
-        })
-        .collect()
-}
-
-fn to_proto(set: impl IntoIterator<Item = TopicPartition>) -> Vec<v1::TopicPartitions> {
-    let mut out: Vec<v1::TopicPartitions> = Vec::new();
-    for tp in set {
-        match out.last_mut() {
-            Some(last) if last.topic == tp.topic => last.partitions.push(tp.partition),
-            _ => out.push(v1::TopicPartitions {
-                topic: tp.topic,
-                partitions: vec![tp.partition],
-            }),
-        }
-    }
-    out
-}
-
 fn commits(list: Vec<v1::CommitOffset>) -> Vec<OffsetCommit> {
     list.into_iter()
         .map(|o| OffsetCommit {
@@ -192,8 +166,8 @@ fn committed(tp: TopicPartition, c: Committed) -> v1::CommittedOffset {
 
 fn member(m: MemberState) -> v1::MemberDescription {
     v1::MemberDescription {
-        assigned: to_proto(m.assigned.into_keys()),
-        revoking: to_proto(m.revoking.into_keys()),
+        assigned: TopicPartition::to_wire(m.assigned.into_keys()),
+        revoking: TopicPartition::to_wire(m.revoking.into_keys()),
         member_id: m.id,
         client_id: m.client_id,
         member_epoch: m.epoch,
@@ -252,7 +226,7 @@ impl GroupRpc for GroupService {
             client_id: req.client_id,
             topics: req.subscribed_topics.into_iter().collect(),
             regex: req.subscribed_regex,
-            owned: tps(req.owned),
+            owned: TopicPartition::from_wire(req.owned).collect(),
             session_timeout: Duration::from_millis(req.session_timeout_ms.into()),
             rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.into()),
         };
@@ -262,7 +236,7 @@ impl GroupRpc for GroupService {
                 member_epoch: reply.member_epoch,
                 heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
                 assignment: reply.assignment.map(|a| v1::Assignment {
-                    partitions: to_proto(a),
+                    partitions: TopicPartition::to_wire(a),
                 }),
                 error: None,
             },
@@ -301,8 +275,8 @@ impl GroupRpc for GroupService {
     ) -> Result<Response<v1::OffsetFetchResponse>, Status> {
         let c = self.coordinator()?;
         let req = request.into_inner();
-        let wanted =
-            (!req.partitions.is_empty()).then(|| tps(req.partitions).into_iter().collect());
+        let wanted = (!req.partitions.is_empty())
+            .then(|| TopicPartition::from_wire(req.partitions).collect());
         let resp = match c.fetch_offsets(&req.group_id, wanted).await {
             Ok(offsets) => v1::OffsetFetchResponse {
                 offsets: offsets
@@ -384,22 +358,5 @@ impl GroupRpc for GroupService {
             Err(e) => Some(self.group_error(&c, &req.group_id, e).await),
         };
         Ok(Response::new(v1::ResetOffsetsResponse { error }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_lists_round_trip_grouped_by_topic() {
-        let set: BTreeSet<TopicPartition> = [("a", 0), ("a", 2), ("b", 1)]
-            .into_iter()
-            .map(|(t, p)| TopicPartition::new(t, p))
-            .collect();
-        let wire = to_proto(set.clone());
-        assert_eq!(wire.len(), 2);
-        assert_eq!(wire[0].partitions, [0, 2]);
-        assert_eq!(tps(wire), set);
     }
 }

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::OffsetAndMetadata;
 use crate::backoff::{Backoff, random_u64};
 use crate::config::ConsumerConfig;
-use crate::coordinator::{Coordinator, partitions_from_proto, partitions_to_proto};
+use crate::coordinator::Coordinator;
 use crate::error::{ClientError, Result, check};
 use crate::types::TopicPartition;
 
@@ -293,7 +293,7 @@ impl Heartbeats {
             member_epoch,
             subscribed_topics: subscription.topics,
             subscribed_regex: subscription.regex,
-            owned: partitions_to_proto(lock(&self.shared.owned).iter().cloned()),
+            owned: TopicPartition::to_wire(lock(&self.shared.owned).iter().cloned()),
             session_timeout_ms: millis(self.config.session_timeout),
             rebalance_timeout_ms: millis(self.config.rebalance_timeout),
             client_id: self.config.client_id.clone(),
@@ -332,7 +332,7 @@ impl Heartbeats {
                         && self
                             .events
                             .send(GroupEvent::Assignment(
-                                partitions_from_proto(a.partitions).collect(),
+                                TopicPartition::from_wire(a.partitions).collect(),
                             ))
                             .is_err()
                     {
