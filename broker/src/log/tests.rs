@@ -82,13 +82,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn active_log_file(dir: &Path) -> std::path::PathBuf {
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .expect("readdir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().expect("a segment")
+    segment_files(dir).pop().expect("a segment")
 }
 
 #[test]
