@@ -25,7 +25,7 @@ use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use sluice_proto::batch::BatchHeader;
 use tokio::sync::{mpsc, oneshot};
 
-use super::meta::MetaStore;
+use super::meta::{MetaStore, StateFileError};
 use super::types::{Entry, LogId, Membership, RecordBatch, TypeConfig, Vote, entry_id, to_log_id};
 use crate::log::{EntryKind, Frame, Log, LogError, NewEntry, Ticket};
 
@@ -247,12 +247,19 @@ impl LogStore {
             .map_err(|_| io::Error::other("log flusher stopped"))
     }
 
+    /// Writes the vote and committed id. An I/O failure counts as the group's storage
+    /// failure like a log write's, so a full disk while voting also reads as DISK_FULL.
     async fn persist_meta(&self) -> io::Result<()> {
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || meta.persist())
             .await
             .map_err(io::Error::other)?
-            .map_err(io::Error::from)
+            .map_err(|e| match e {
+                StateFileError::Io { op, path, source } => {
+                    self.storage(LogError::io(op, path, source))
+                }
+                other => io::Error::from(other),
+            })
     }
 
     fn storage(&self, e: LogError) -> io::Error {
