@@ -33,6 +33,9 @@ use crate::partition::Partition;
 /// How often sessions are checked and newly led shards loaded.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Heartbeat interval of a member waiting for partitions others are releasing.
+const RECONCILING_HEARTBEAT: Duration = Duration::from_millis(200);
+
 /// How often shards consider compaction.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -231,22 +234,34 @@ impl GroupCoordinator {
         let interval = self.config.heartbeat_for(hb.session_timeout);
         let topics = Self::topic_view(&self.node.controller.state());
         let shard = self.shard(group)?;
+        let asked_epoch = hb.member_epoch;
         let reply = shard
-            .update(|loaded| {
-                let entry = loaded
-                    .groups
-                    .entry(group.to_string())
-                    .or_insert_with(|| Group::new(group));
-                let result = entry.heartbeat(hb, &topics, Instant::now(), || self.new_member_id());
-                let records = match &result {
-                    Ok((_, true)) => vec![GroupRecord::Group(entry.state().clone())],
-                    _ => Vec::new(),
-                };
-                forget_if_unused(loaded, group);
-                let (reply, _) = result?;
-                Ok((reply, records))
-            })
+            .peek(
+                |loaded| {
+                    let entry = loaded
+                        .groups
+                        .entry(group.to_string())
+                        .or_insert_with(|| Group::new(group));
+                    let result =
+                        entry.heartbeat(hb, &topics, Instant::now(), || self.new_member_id());
+                    let records = match &result {
+                        Ok((_, true)) => vec![GroupRecord::Group(entry.state().clone())],
+                        _ => Vec::new(),
+                    };
+                    forget_if_unused(loaded, group);
+                    let (reply, _) = result?;
+                    Ok((reply, records))
+                },
+                // A member told nothing new need not wait for others' writes.
+                |reply| reply.assignment.is_none() && reply.member_epoch == asked_epoch,
+            )
             .await?;
+        // Waiting for partitions others release: ask again soon, not in a second.
+        let interval = if reply.reconciling {
+            interval.min(RECONCILING_HEARTBEAT)
+        } else {
+            interval
+        };
         Ok((reply, interval))
     }
 
