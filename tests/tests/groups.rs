@@ -1,7 +1,8 @@
 //! Consumer groups on a real three-broker cluster: members sharing a topic's
 //! partitions, a member killed (in process, and a `sluice consume --group` process),
-//! a member joining, committed offsets across a restart of every broker, and offset
-//! resets with the CLI.
+//! a member joining, the coordinator killed, committed offsets across a restart of
+//! every broker, offset resets with the CLI, and (on one broker) a pattern
+//! subscription picking up new topics and partitions.
 //!
 //! Members run in tasks of the test (the real `Consumer`, subscribed) and record what
 //! they read, what they committed and what the group gave and took; the checks are
@@ -17,7 +18,9 @@ use sluice_client::{
     Admin, Connection, Consumer, ConsumerConfig, Offset, OffsetAndMetadata, OffsetReset, Producer,
     ProducerRecord, RebalanceListener, TopicPartition,
 };
-use sluice_tests::{CliProcess, Cluster, connect, create_topic, producer_config};
+use sluice_proto::v1;
+use sluice_proto::v1::group_coordinator_client::GroupCoordinatorClient;
+use sluice_tests::{BrokerProcess, CliProcess, Cluster, connect, create_topic, producer_config};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -131,6 +134,8 @@ struct Seen {
     events: Vec<(&'static str, Vec<u32>, Instant)>,
     /// Offsets this member committed and had acknowledged, per partition.
     committed: BTreeMap<u32, u64>,
+    /// What it owns, with topic names (for tests reading several topics).
+    owned_topics: BTreeSet<TopicPartition>,
 }
 
 struct Recorder(Arc<Mutex<Seen>>);
@@ -141,9 +146,11 @@ impl Recorder {
         let ps: Vec<u32> = partitions.iter().map(|tp| tp.partition).collect();
         if what == "assigned" {
             seen.owned.extend(&ps);
+            seen.owned_topics.extend(partitions.iter().cloned());
         } else {
-            for p in &ps {
-                seen.owned.remove(p);
+            for tp in partitions {
+                seen.owned.remove(&tp.partition);
+                seen.owned_topics.remove(tp);
             }
         }
         seen.events.push((what, ps, Instant::now()));
@@ -193,6 +200,19 @@ impl Member {
         commits: Commits,
         session: Option<Duration>,
     ) -> Self {
+        Self::spawn(conn, name, commits, session, |c| {
+            c.subscribe(group, [topic])
+        })
+    }
+
+    /// A member subscribed by `subscribe`.
+    fn spawn(
+        conn: &Connection,
+        name: &str,
+        commits: Commits,
+        session: Option<Duration>,
+        subscribe: impl FnOnce(&mut Consumer) -> sluice_client::Result<()>,
+    ) -> Self {
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let (stop, mut stop_rx) = oneshot::channel();
         let config = ConsumerConfig {
@@ -205,7 +225,7 @@ impl Member {
         };
         let mut consumer = Consumer::new(conn.clone(), config).expect("consumer");
         consumer.set_rebalance_listener(Recorder(seen.clone()));
-        consumer.subscribe(group, [topic]).expect("subscribe");
+        subscribe(&mut consumer).expect("subscribe");
         let (name, record) = (name.to_string(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -221,7 +241,7 @@ impl Member {
                         Some(Ok(r)) => {
                             record.lock().unwrap().records.push((r.partition, r.offset, Instant::now()));
                             if commits == Commits::EveryTenth && (r.offset + 1) % 10 == 0 {
-                                let tp = TopicPartition::new(topic, r.partition);
+                                let tp = TopicPartition::new(&*r.topic, r.partition);
                                 let offsets = BTreeMap::from([(tp, OffsetAndMetadata::new(r.offset + 1))]);
                                 match consumer.commit_offsets(offsets).await {
                                     Ok(()) => {
@@ -987,6 +1007,45 @@ async fn reset_offsets_to_earliest_replays_the_whole_topic() {
     let (ok, _, err) = sluice(&cluster, &["group", "describe", GROUP]).await;
     assert!(!ok && err.contains("unknown group"), "{err}");
 
+    // `sluice consume --group` without --follow reads its share to the end, commits
+    // and leaves.
+    let (ok, out, err) = sluice(
+        &cluster,
+        &[
+            "consume",
+            TOPIC,
+            "--group",
+            "cli-readers",
+            "--from-beginning",
+            "--format",
+            "{partition} {offset}",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let lines: BTreeSet<&str> = out.lines().collect();
+    assert_eq!(
+        (out.lines().count() as u64, lines.len() as u64),
+        (total, total),
+        "{err}"
+    );
+    assert!(err.contains("assigned: "), "{err}");
+    let (ok, out, err) = sluice(
+        &cluster,
+        &["--output", "json", "group", "describe", "cli-readers"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let described: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        described["members"].as_array().map(Vec::len),
+        Some(0),
+        "{out}"
+    );
+    for row in described["partitions"].as_array().expect("partitions") {
+        assert_eq!(row["lag"], 0, "{row}");
+    }
+
     // The offsets topic is internal: hidden from `topic list`, closed to producers.
     let (_, out, _) = sluice(&cluster, &["topic", "list"]).await;
     assert!(!out.contains("__consumer_offsets"), "{out}");
@@ -1002,4 +1061,164 @@ async fn reset_offsets_to_earliest_replays_the_whole_topic() {
             .is_err_and(|e| e.to_string().contains("internal topic")),
         "{sent:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_picks_up_new_topics_and_partitions() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One broker is enough: this is about what the coordinator assigns.
+    let broker = BrokerProcess::start(BROKER, dir.path());
+    let mut config = sluice_client::ClientConfig::new([broker.addr.clone()]);
+    config.request_timeout = Duration::from_secs(5);
+    let conn = Connection::connect(config).await.expect("connect");
+    let admin = Admin::new(conn.clone());
+    let create = |name: &'static str, partitions: u32| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .create_topic(sluice_client::NewTopic::new(name, partitions))
+                .await
+                .expect("create topic");
+        }
+    };
+    create("orders-eu", 2).await;
+    let m = Member::spawn(&conn, "m", Commits::Auto, None, |c| {
+        c.subscribe_pattern("regional", "orders-.*")
+    });
+    let seen = m.seen.clone();
+    let owns = |want: &[(&str, u32)]| {
+        let want: BTreeSet<TopicPartition> = want
+            .iter()
+            .map(|(t, p)| TopicPartition::new(*t, *p))
+            .collect();
+        let seen = seen.clone();
+        move || seen.lock().unwrap().owned_topics == want
+    };
+    wait_or_dump(
+        "orders-eu",
+        Duration::from_secs(20),
+        &[&m],
+        owns(&[("orders-eu", 0), ("orders-eu", 1)]),
+    )
+    .await;
+    create("orders-us", 1).await;
+    create("payments", 1).await;
+    admin
+        .add_partitions("orders-eu", 3)
+        .await
+        .expect("grow orders-eu");
+    let all = [
+        ("orders-eu", 0),
+        ("orders-eu", 1),
+        ("orders-eu", 2),
+        ("orders-us", 0),
+    ];
+    wait_or_dump(
+        "the new topic and partition",
+        Duration::from_secs(20),
+        &[&m],
+        owns(&all),
+    )
+    .await;
+    // And it reads them.
+    let producer = producer(&conn);
+    for (topic, partition) in all {
+        let rec = ProducerRecord::new(topic, "x").partition(partition);
+        producer
+            .send(rec)
+            .await
+            .expect("buffered")
+            .await
+            .expect("acknowledged");
+    }
+    wait_or_dump("a record from each", Duration::from_secs(20), &[&m], || {
+        m.records().len() == 4
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_keep_their_partitions_when_the_coordinator_fails() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start_cluster(dir.path());
+    let conn = connect(&cluster).await;
+    const TOPIC: &str = "steady";
+    const GROUP: &str = "steadfast";
+    create_topic(&conn, TOPIC, 6).await;
+    let mut members: Vec<Member> = ["a", "b"]
+        .into_iter()
+        .map(|n| Member::start(&conn, n, GROUP, TOPIC, Commits::Auto, None))
+        .collect();
+    {
+        let all: Vec<&Member> = members.iter().collect();
+        wait_or_dump("a stable group", Duration::from_secs(30), &all, || {
+            balanced(&all, 6, 3)
+        })
+        .await;
+    }
+    let (stop_producing, producing) =
+        produce_steadily(producer(&conn), TOPIC, 6, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill the coordinator: the leader of the group's offsets partition.
+    let mut finder = GroupCoordinatorClient::connect(format!("http://{}", cluster.addrs()[0]))
+        .await
+        .expect("connect");
+    let coordinator = finder
+        .find_coordinator(v1::FindCoordinatorRequest {
+            group_id: GROUP.into(),
+        })
+        .await
+        .expect("find coordinator")
+        .into_inner()
+        .coordinator
+        .expect("a coordinator");
+    let killed_at = Instant::now();
+    cluster.broker(coordinator.id).kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop_producing.send(());
+    producing.await.expect("producer");
+    let admin = Admin::new(conn.clone());
+    let ends = end_offsets(&admin, TOPIC, 6).await;
+    let all: Vec<&Member> = members.iter().collect();
+    wait_or_dump("every record read", Duration::from_secs(40), &all, || {
+        all_read(&reads(&all), &ends)
+    })
+    .await;
+    // The new coordinator knew the members and their assignment: nothing moved, so
+    // nothing was read twice.
+    for m in &members {
+        let seen = m.seen.lock().unwrap();
+        let after: Vec<_> = seen
+            .events
+            .iter()
+            .filter(|(_, _, at)| *at > killed_at)
+            .collect();
+        assert!(after.is_empty(), "the group rebalanced: {after:?}");
+    }
+    let twice: Vec<_> = reads(&all).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "records read more than once: {twice:?}");
+    // Commits go on at the new coordinator.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let offsets = admin.group_offsets(GROUP).await;
+        let at_end = offsets.as_ref().is_ok_and(|o| {
+            (0..6).all(|p| {
+                o.get(&TopicPartition::new(TOPIC, p))
+                    .is_some_and(|c| c.offset == ends[p as usize])
+            })
+        });
+        if at_end {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "commits stopped short of {ends:?}: {offsets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for m in &mut members {
+        m.stop(Stop::Leave).await;
+    }
 }
