@@ -7,8 +7,11 @@
 //! loads shards this broker has come to lead and compacts them.
 //!
 //! Must never answer for a group whose shard it does not lead (`NotCoordinator`), and
-//! never change a group's state without writing it first: every answer a client gets
-//! reflects records committed in the shard.
+//! never answer before what the answer reflects is durable: every change goes through
+//! [`Shard::update`], which answers once the change's records are written.
+//!
+//! Liveness is judged by when a member's request *arrived*, not when it was handled:
+//! requests may queue behind writes, and a member whose heartbeat is waiting is alive.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

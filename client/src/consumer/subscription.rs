@@ -309,7 +309,12 @@ impl Consumer {
             }
             GroupEvent::Error { error, fatal } => {
                 if fatal {
+                    // Membership is over (e.g. an invalid group id): nothing is ours.
                     self.group = None;
+                    self.session.stop_all();
+                    self.parts.clear();
+                    self.revoking.clear();
+                    self.target = None;
                 }
                 Err(error)
             }
