@@ -649,6 +649,17 @@ mod tests {
         panic!("group did not settle: {:?}", g.state());
     }
 
+    /// A group of `ids` that joined at `now` and settled.
+    fn settled(ids: &[&str], t: &BTreeMap<String, u32>, now: Instant) -> (Group, Vec<Client>) {
+        let mut g = Group::new("g");
+        let mut clients: Vec<Client> = ids
+            .iter()
+            .map(|id| Client::join(&mut g, id, t, now))
+            .collect();
+        settle(&mut g, &mut clients, t, now);
+        (g, clients)
+    }
+
     fn assert_exclusive(clients: &[Client]) {
         let mut seen = BTreeSet::new();
         for c in clients {
@@ -662,12 +673,7 @@ mod tests {
     fn three_members_share_twelve_partitions_four_each() {
         let t = topics(&[("t", 12)]);
         let now = Instant::now();
-        let mut g = Group::new("g");
-        let mut clients: Vec<Client> = ["a", "b", "c"]
-            .iter()
-            .map(|id| Client::join(&mut g, id, &t, now))
-            .collect();
-        settle(&mut g, &mut clients, &t, now);
+        let (g, clients) = settled(&["a", "b", "c"], &t, now);
         assert_exclusive(&clients);
         for c in &clients {
             assert_eq!(c.owned.len(), 4, "{}", c.id);
@@ -712,12 +718,7 @@ mod tests {
     fn members_that_keep_their_partitions_are_not_disturbed_by_a_join() {
         let t = topics(&[("t", 12)]);
         let now = Instant::now();
-        let mut g = Group::new("g");
-        let mut clients: Vec<Client> = ["a", "b", "c"]
-            .iter()
-            .map(|id| Client::join(&mut g, id, &t, now))
-            .collect();
-        settle(&mut g, &mut clients, &t, now);
+        let (mut g, mut clients) = settled(&["a", "b", "c"], &t, now);
         let before: Vec<_> = clients.iter().map(|c| c.owned.clone()).collect();
         clients.push(Client::join(&mut g, "d", &t, now));
         settle(&mut g, &mut clients, &t, now);
@@ -732,12 +733,7 @@ mod tests {
     fn an_expired_member_is_removed_and_its_partitions_freed() {
         let t = topics(&[("t", 6)]);
         let now = Instant::now();
-        let mut g = Group::new("g");
-        let mut clients: Vec<Client> = ["a", "b"]
-            .iter()
-            .map(|id| Client::join(&mut g, id, &t, now))
-            .collect();
-        settle(&mut g, &mut clients, &t, now);
+        let (mut g, mut clients) = settled(&["a", "b"], &t, now);
         let later = now + SESSION / 2;
         clients[0].beat(&mut g, &t, later);
         assert!(g.expire(later, |_| None).is_empty());
