@@ -3,6 +3,9 @@
 //! [`BrokerProcess`] runs the real broker program (the `test-broker` binary of this
 //! crate is `sluice-broker`'s `main`, built here so tests can find it) on 127.0.0.1
 //! with a temporary data directory, and kills it when dropped, even when a test fails.
+//! [`Cluster`] runs several; [`CliProcess`] runs the `sluice` CLI in the background.
+//! [`client_config`], [`producer_config`], [`connect`] and [`create_topic`] are the
+//! client side the cluster tests share.
 //!
 //! The fault-injection suite adds: [`proxy`] (a TCP proxy that cuts, stalls and delays
 //! the traffic between two brokers), [`faults`] (a cluster whose brokers reach each
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use sluice_client::{Admin, ClientConfig, ClientError, Connection, NewTopic, ProducerConfig};
 
 /// How long a broker may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -244,6 +249,15 @@ impl Cluster {
         Self { brokers }
     }
 
+    /// Adds `args` to every broker's command line (for brokers not started yet, or
+    /// at their next restart).
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        for b in &mut self.brokers {
+            b.extra_args.extend(args.iter().map(|a| a.to_string()));
+        }
+        self
+    }
+
     /// Every broker's client address, for a bootstrap list.
     pub fn addrs(&self) -> Vec<String> {
         self.brokers.iter().map(|b| b.addr.clone()).collect()
@@ -281,5 +295,116 @@ impl Cluster {
             .iter()
             .map(|b| format!("===== broker {} =====\n{}", b.node_id, b.log()))
             .collect()
+    }
+}
+
+/// A `sluice` CLI process (the `test-sluice` binary) whose stdout and stderr lines
+/// are collected as they come, killed when dropped.
+pub struct CliProcess {
+    child: Option<Child>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CliProcess {
+    /// Runs `program` with `args` in the background.
+    pub fn spawn(program: impl AsRef<Path>, args: &[&str]) -> Self {
+        let mut child = Command::new(program.as_ref())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the sluice CLI");
+        let collect = |stream: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().expect("piped stdout")));
+        let stderr = collect(Box::new(child.stderr.take().expect("piped stderr")));
+        Self {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client configuration for brokers at `bootstrap`: short timeouts, many retries, so
+/// that a test rides through failovers without waiting long on a dead broker.
+pub fn client_config(bootstrap: Vec<String>) -> ClientConfig {
+    let mut c = ClientConfig::new(bootstrap);
+    c.request_timeout = Duration::from_secs(5);
+    c.connect_timeout = Duration::from_secs(1);
+    c.retry_backoff_max = Duration::from_millis(500);
+    c.max_retries = 40;
+    c
+}
+
+/// A producer configuration to match [`client_config`].
+pub fn producer_config() -> ProducerConfig {
+    ProducerConfig {
+        request_timeout: Duration::from_secs(5),
+        delivery_timeout: Duration::from_secs(40),
+        retry_backoff: Duration::from_millis(50),
+        retry_backoff_max: Duration::from_millis(250),
+        ..ProducerConfig::default()
+    }
+}
+
+/// A connection to `cluster`.
+pub async fn connect(cluster: &Cluster) -> Connection {
+    Connection::connect(client_config(cluster.addrs()))
+        .await
+        .expect("connect")
+}
+
+/// Creates a topic with replication factor 3. A create whose reply was lost to a
+/// timeout is retried by the client and then finds its topic: that is success too.
+pub async fn create_topic(conn: &Connection, name: &str, partitions: u32) {
+    let created = Admin::new(conn.clone())
+        .create_topic(NewTopic::new(name, partitions).replication_factor(3))
+        .await;
+    if let Err(e) = created
+        && !matches!(e, ClientError::TopicAlreadyExists { .. })
+    {
+        panic!("create topic {name}: {e}");
     }
 }

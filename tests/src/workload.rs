@@ -52,27 +52,24 @@ impl WorkloadConfig {
     }
 }
 
-/// The client settings fault tests use: quick to notice a dead broker, patient
-/// enough to ride out an election.
+/// The shared test client settings with a shorter request timeout: a request stuck on
+/// a paused or isolated broker is abandoned sooner, so faults cost less of the run.
 pub fn client_config(bootstrap: Vec<String>) -> ClientConfig {
-    let mut c = ClientConfig::new(bootstrap);
-    c.request_timeout = Duration::from_secs(3);
-    c.connect_timeout = Duration::from_secs(1);
-    c.retry_backoff_max = Duration::from_millis(500);
-    c.max_retries = 40;
-    c
+    ClientConfig {
+        request_timeout: Duration::from_secs(3),
+        ..crate::client_config(bootstrap)
+    }
 }
 
-/// Producer settings: acks=all (the default), bounded delivery so a test ends.
+/// The shared producer settings with the same shorter timeout and a bounded delivery,
+/// so a test ends.
 pub fn producer_config(idempotent: bool) -> ProducerConfig {
     ProducerConfig {
         request_timeout: Duration::from_secs(3),
         delivery_timeout: DELIVERY_TIMEOUT,
-        retry_backoff: Duration::from_millis(50),
-        retry_backoff_max: Duration::from_millis(250),
         max_block: Duration::from_secs(5),
         idempotence: idempotent,
-        ..ProducerConfig::default()
+        ..crate::producer_config()
     }
 }
 

@@ -17,49 +17,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_client::{
-    Admin, ClientConfig, Connection, DeliveryFuture, NewTopic, Producer, ProducerConfig,
-    ProducerRecord,
-};
-use sluice_tests::Cluster;
+use sluice_client::{Admin, Connection, DeliveryFuture, NewTopic, Producer, ProducerRecord};
 use sluice_tests::inspect::{converged, describe, describe_on, leaders, read_replica};
+use sluice_tests::{Cluster, client_config, connect, create_topic, producer_config};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_test-broker");
 
 /// The tests each run three brokers; on a small machine they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn client_config(cluster: &Cluster) -> ClientConfig {
-    let mut c = ClientConfig::new(cluster.addrs());
-    c.request_timeout = Duration::from_secs(5);
-    c.connect_timeout = Duration::from_secs(1);
-    c.retry_backoff_max = Duration::from_millis(500);
-    c.max_retries = 40;
-    c
-}
-
-fn producer_config() -> ProducerConfig {
-    ProducerConfig {
-        request_timeout: Duration::from_secs(5),
-        delivery_timeout: Duration::from_secs(40),
-        retry_backoff: Duration::from_millis(50),
-        retry_backoff_max: Duration::from_millis(250),
-        ..ProducerConfig::default()
-    }
-}
-
-async fn connect(cluster: &Cluster) -> Connection {
-    Connection::connect(client_config(cluster))
-        .await
-        .expect("connect")
-}
-
-async fn create_topic(conn: &Connection, name: &str, partitions: u32) {
-    Admin::new(conn.clone())
-        .create_topic(NewTopic::new(name, partitions).replication_factor(3))
-        .await
-        .expect("create topic");
-}
 
 /// Asserts every replica at `addrs` holds the same records for each partition, and
 /// returns the records of each partition (from the first address).
@@ -386,7 +351,7 @@ async fn any_broker_routes_to_partitions_it_does_not_host() {
     let cluster = Cluster::start(BROKER, dir.path(), 3);
     // The client knows only broker 1; with one replica per partition, two of the
     // three partitions live elsewhere.
-    let mut config = client_config(&cluster);
+    let mut config = client_config(cluster.addrs());
     config.bootstrap.truncate(1);
     let conn = Connection::connect(config).await.expect("connect");
     Admin::new(conn.clone())

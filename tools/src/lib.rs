@@ -417,6 +417,89 @@ mod tests {
         assert!(parse(&["consume", "t", "--max-records", "0"]).is_err());
     }
 
+    #[test]
+    fn group_commands_parse() {
+        use cmd::group::GroupCommand;
+        assert!(matches!(
+            parse(&["group", "list"]).unwrap().command,
+            Command::Group(GroupCommand::List)
+        ));
+        assert!(matches!(
+            parse(&["group", "describe", "billing"]).unwrap().command,
+            Command::Group(GroupCommand::Describe { ref group }) if group == "billing"
+        ));
+        let cli = parse(&[
+            "group",
+            "reset-offsets",
+            "billing",
+            "--topic",
+            "orders",
+            "--shift-by",
+            "-5",
+            "--force",
+        ])
+        .unwrap();
+        let Command::Group(GroupCommand::ResetOffsets(r)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (r.shift_by, r.force, r.topic.as_str()),
+            (Some(-5), true, "orders")
+        );
+        // Exactly one target.
+        assert!(parse(&["group", "reset-offsets", "g", "--topic", "t"]).is_err());
+        assert!(
+            parse(&[
+                "group",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "t",
+                "--to-earliest",
+                "--to-latest"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["group", "reset-offsets", "g", "--to-earliest"]).is_err());
+        let cli = parse(&[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-datetime",
+            "2023-11-14T22:13:20Z",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Group(GroupCommand::ResetOffsets(ref r)) if r.to_datetime == Some(1_700_000_000_000)
+        ));
+        assert!(parse(&["group", "delete"]).is_err());
+    }
+
+    #[test]
+    fn consume_in_a_group_parses_and_excludes_explicit_positions() {
+        let cli = parse(&["consume", "orders", "--group", "billing", "--follow"]).unwrap();
+        let Command::Consume(c) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.group.as_deref(), Some("billing"));
+        assert_eq!(c.commit_interval, Duration::from_secs(5));
+        for bad in [
+            &["consume", "t", "--group", "g", "--offset", "3"][..],
+            &["consume", "t", "--group", "g", "--partition", "1"][..],
+            &["consume", "t", "--group", "g", "--from-time", "0"][..],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let cli = parse(&["topic", "list", "--internal"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Topic(TopicCommand::List { internal: true })
+        ));
+    }
+
     /// A writer tests can read back.
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);

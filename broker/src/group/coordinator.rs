@@ -7,8 +7,11 @@
 //! loads shards this broker has come to lead and compacts them.
 //!
 //! Must never answer for a group whose shard it does not lead (`NotCoordinator`), and
-//! never change a group's state without writing it first: every answer a client gets
-//! reflects records committed in the shard.
+//! never answer before what the answer reflects is durable: every change goes through
+//! [`Shard::update`], which answers once the change's records are written.
+//!
+//! Liveness is judged by when a member's request *arrived*, not when it was handled:
+//! requests may queue behind writes, and a member whose heartbeat is waiting is alive.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,9 @@ use crate::partition::Partition;
 
 /// How often sessions are checked and newly led shards loaded.
 const TICK: Duration = Duration::from_millis(200);
+
+/// Heartbeat interval of a member waiting for partitions others are releasing.
+const RECONCILING_HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// How often shards consider compaction.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(30);
@@ -231,22 +237,34 @@ impl GroupCoordinator {
         let interval = self.config.heartbeat_for(hb.session_timeout);
         let topics = Self::topic_view(&self.node.controller.state());
         let shard = self.shard(group)?;
+        let asked_epoch = hb.member_epoch;
         let reply = shard
-            .update(|loaded| {
-                let entry = loaded
-                    .groups
-                    .entry(group.to_string())
-                    .or_insert_with(|| Group::new(group));
-                let result = entry.heartbeat(hb, &topics, Instant::now(), || self.new_member_id());
-                let records = match &result {
-                    Ok((_, true)) => vec![GroupRecord::Group(entry.state().clone())],
-                    _ => Vec::new(),
-                };
-                forget_if_unused(loaded, group);
-                let (reply, _) = result?;
-                Ok((reply, records))
-            })
+            .peek(
+                |loaded| {
+                    let entry = loaded
+                        .groups
+                        .entry(group.to_string())
+                        .or_insert_with(|| Group::new(group));
+                    let result =
+                        entry.heartbeat(hb, &topics, Instant::now(), || self.new_member_id());
+                    let records = match &result {
+                        Ok((_, true)) => vec![GroupRecord::Group(entry.state().clone())],
+                        _ => Vec::new(),
+                    };
+                    forget_if_unused(loaded, group);
+                    let (reply, _) = result?;
+                    Ok((reply, records))
+                },
+                // A member told nothing new need not wait for others' writes.
+                |reply| reply.assignment.is_none() && reply.member_epoch == asked_epoch,
+            )
             .await?;
+        // Waiting for partitions others release: ask again soon, not in a second.
+        let interval = if reply.reconciling {
+            interval.min(RECONCILING_HEARTBEAT)
+        } else {
+            interval
+        };
         Ok((reply, interval))
     }
 

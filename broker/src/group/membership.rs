@@ -3,7 +3,9 @@
 //!
 //! Owns the rules of the heartbeat protocol (KIP-848 style):
 //! - a member joins with epoch 0, heartbeats with the epoch it was last given and
-//!   leaves with -1; every heartbeat carries its subscription and what it owns;
+//!   leaves with -1; every heartbeat carries its subscription and what it owns. A join
+//!   with the id of a member that exists carries that member on (joins are
+//!   idempotent: a client resends one whose reply it did not get);
 //! - the group epoch moves whenever members, subscriptions or the subscribed topics'
 //!   partitions change; the target assignment is then recomputed (see
 //!   [`super::assignor`]);
@@ -103,6 +105,9 @@ pub struct HeartbeatReply {
     /// What the member may own from now on, when it differs from what it reported.
     pub assignment: Option<BTreeSet<TopicPartition>>,
     pub session_timeout: Duration,
+    /// The member has not reached its target yet (it waits for partitions others
+    /// are releasing): it should heartbeat sooner than usual.
+    pub reconciling: bool,
 }
 
 /// Why a member was removed by [`Group::expire`].
@@ -257,6 +262,7 @@ impl Group {
                         member_epoch: -1,
                         assignment: None,
                         session_timeout: hb.session_timeout,
+                        reconciling: false,
                     },
                     left,
                 ));
@@ -272,24 +278,28 @@ impl Group {
                         "member id must be 1 to {MAX_MEMBER_ID_LEN} characters without control characters"
                     )));
                 }
-                // Rejoining after being fenced: whatever it held is lost on its side.
-                self.remove(&id);
-                self.state.members.insert(
-                    id.clone(),
-                    MemberState {
-                        id: id.clone(),
-                        client_id: hb.client_id.clone(),
-                        epoch: 1,
-                        topics: hb.topics.clone(),
-                        regex: hb.regex.clone(),
-                        session_timeout_ms: millis(hb.session_timeout),
-                        rebalance_timeout_ms: millis(hb.rebalance_timeout),
-                        assigned: BTreeMap::new(),
-                        revoking: BTreeMap::new(),
-                    },
-                );
-                self.state.epoch += 1;
-                dirty = true;
+                // A join of a known member (its earlier join's reply was lost, or it
+                // was fenced and dropped what it owned) carries on with what the member
+                // holds: the reply tells it all it may own, so joining twice changes
+                // nothing and a slow coordinator cannot make joins chase each other.
+                if !self.state.members.contains_key(&id) {
+                    self.state.members.insert(
+                        id.clone(),
+                        MemberState {
+                            id: id.clone(),
+                            client_id: hb.client_id.clone(),
+                            epoch: 1,
+                            topics: hb.topics.clone(),
+                            regex: hb.regex.clone(),
+                            session_timeout_ms: millis(hb.session_timeout),
+                            rebalance_timeout_ms: millis(hb.rebalance_timeout),
+                            assigned: BTreeMap::new(),
+                            revoking: BTreeMap::new(),
+                        },
+                    );
+                    self.state.epoch += 1;
+                    dirty = true;
+                }
                 id
             }
             epoch if epoch < -1 => {
@@ -364,12 +374,18 @@ impl Group {
             });
         };
         let assigned = member.assigned_set();
+        let reconciling = self
+            .state
+            .target
+            .get(&id)
+            .is_some_and(|target| *target != assigned);
         Ok((
             HeartbeatReply {
                 member_id: id,
                 member_epoch: member.epoch,
                 assignment: (assigned != hb.owned).then_some(assigned),
                 session_timeout: hb.session_timeout,
+                reconciling,
             },
             dirty,
         ))
@@ -690,6 +706,10 @@ mod tests {
             .heartbeat(hb("b", b.epoch, &b.owned), &t, now, || unreachable!())
             .expect("hb");
         assert!(reply.assignment.is_none());
+        assert!(
+            reply.reconciling,
+            "b waits for partitions: it heartbeats sooner"
+        );
         // a acknowledges; now b gets them.
         a.beat(&mut g, &t, now);
         assert!(b.beat(&mut g, &t, now));
@@ -849,6 +869,23 @@ mod tests {
             g.heartbeat(hb("a", a.epoch + 5, &a.owned), &t, now, || unreachable!()),
             Err(GroupError::Fenced(_))
         ));
+    }
+
+    #[test]
+    fn a_repeated_join_carries_the_member_on() {
+        let t = topics(&[("t", 4)]);
+        let now = Instant::now();
+        let mut g = Group::new("g");
+        let a = Client::join(&mut g, "a", &t, now);
+        let epoch = g.state().epoch;
+        // Its reply was lost: the client joins again with what it owns (nothing).
+        let (reply, dirty) = g
+            .heartbeat(hb("a", 0, &BTreeSet::new()), &t, now, || unreachable!())
+            .expect("join again");
+        assert!(!dirty, "nothing changed");
+        assert_eq!(g.state().epoch, epoch);
+        assert_eq!(reply.member_epoch, a.epoch);
+        assert_eq!(reply.assignment, Some(a.owned.clone()));
     }
 
     #[test]

@@ -157,6 +157,26 @@ impl Shard {
         Ok(out)
     }
 
+    /// Like [`Shard::update`] for a change that writes nothing, when `answer` says its
+    /// result tells the client nothing it could not have known already (so it need
+    /// not wait for other requests' writes): a heartbeat that changes nothing.
+    pub async fn peek<T>(
+        &self,
+        look: impl FnOnce(&mut Loaded) -> Result<(T, Vec<GroupRecord>), GroupError>,
+        tells_nothing_new: impl FnOnce(&T) -> bool,
+    ) -> Result<T, GroupError> {
+        let (out, ticket) = {
+            let mut guard = self.lock().await?;
+            let (out, records) = look(guard.state()?)?;
+            let quiet = records.is_empty() && tells_nothing_new(&out);
+            (out, (!quiet).then(|| guard.enqueue(records)))
+        };
+        if let Some(ticket) = ticket {
+            self.wait(ticket).await?;
+        }
+        Ok(out)
+    }
+
     /// Drops the loaded state (this broker no longer leads).
     pub async fn unload(&self) {
         let mut slot = self.state.lock().await;

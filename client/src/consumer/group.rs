@@ -166,10 +166,17 @@ impl GroupMember {
         &self,
         offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
     ) -> Result<()> {
+        committed(self.commit_then(offsets)?.await)
+    }
+
+    /// Queues a commit; the receiver gets its outcome. Commits are sent in order.
+    pub(crate) fn commit_then(
+        &self,
+        offsets: Vec<(TopicPartition, OffsetAndMetadata)>,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let (tx, rx) = oneshot::channel();
         self.send_commit(offsets, Some(tx))?;
-        rx.await
-            .map_err(|_| ClientError::Closed("the consumer's committer stopped".into()))?
+        Ok(rx)
     }
 
     /// Queues a commit without waiting; a failure is logged.
@@ -235,6 +242,13 @@ impl GroupMember {
             )
             .await
     }
+}
+
+/// The outcome of a commit whose reply came through a channel.
+pub(crate) fn committed(
+    reply: std::result::Result<Result<()>, oneshot::error::RecvError>,
+) -> Result<()> {
+    reply.map_err(|_| ClientError::Closed("the consumer's committer stopped".into()))?
 }
 
 /// A random member id: 128 bits in hex.

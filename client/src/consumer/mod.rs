@@ -110,6 +110,9 @@ pub struct Consumer {
     listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
     /// The latest assignment from the group, not applied yet.
     target: Option<std::collections::BTreeSet<TopicPartition>>,
+    /// Revoked partitions whose final commit is under way, oldest first: no longer
+    /// read, released once the commit is acknowledged.
+    revoking: std::collections::VecDeque<subscription::Revocation>,
     /// The last offset committed (or sent to be) per partition.
     committed: BTreeMap<TopicPartition, u64>,
     last_auto_commit: Instant,
@@ -128,6 +131,8 @@ impl std::fmt::Debug for Consumer {
 enum Wake {
     Fetch(TopicPartition, FetchEvent),
     Group(Option<GroupEvent>),
+    /// The oldest revocation's final commit was answered.
+    Revoked(Result<()>),
     Timer,
 }
 
@@ -150,6 +155,7 @@ impl Consumer {
             group: None,
             listener: None,
             target: None,
+            revoking: Default::default(),
             committed: BTreeMap::new(),
             last_auto_commit: Instant::now(),
         })
@@ -310,6 +316,7 @@ impl Consumer {
                     tokio::select! {
                         (tp, event) = self.session.next_event() => Wake::Fetch(tp, event),
                         event = g.events.recv() => Wake::Group(event),
+                        done = subscription::next_revoked(&mut self.revoking) => Wake::Revoked(done),
                         () = sleep_until(due) => Wake::Timer,
                     }
                 }
@@ -324,6 +331,7 @@ impl Consumer {
                 Wake::Group(None) => Err(ClientError::Closed(
                     "the consumer's group membership stopped".into(),
                 )),
+                Wake::Revoked(done) => self.release_revoked(done),
                 Wake::Timer => Ok(()),
             };
             if let Err(e) = handled {

@@ -2,20 +2,38 @@
 //! and committed offsets (manual, automatic, and the final commit before a partition
 //! is handed over).
 //!
-//! Assignment changes are applied between records, in `recv`: revoked partitions
-//! first (final commit if auto-commit is on, `on_revoked`, stop fetching, tell the
-//! coordinator they are released), then added ones (their committed offsets fetched,
-//! or `auto_offset_reset` applied, then `on_assigned`). Partitions that stay are not
-//! touched: they keep fetching throughout.
+//! Assignment changes are applied between records, in `recv`. Revoked partitions stop
+//! being read at once; with auto-commit on, their final commit is sent, and only once
+//! it is acknowledged does `on_revoked` run and the coordinator hear they are released
+//! (meanwhile `recv` goes on with the other partitions). Added partitions get their
+//! committed offsets (or `auto_offset_reset`), then `on_assigned`. Partitions that
+//! stay are not touched: they keep fetching throughout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
-use super::group::{GroupEvent, GroupMember, Subscription};
+use tokio::sync::oneshot;
+
+use super::group::{self, GroupEvent, GroupMember, Subscription};
 use super::{Consumer, PartState, RebalanceListener};
 use crate::coordinator::Coordinator;
 use crate::error::{ClientError, Result};
 use crate::types::{Offset, OffsetAndMetadata, OffsetReset, TopicPartition};
+
+/// Revoked partitions (with their state, should the group hand one straight back)
+/// waiting for their final commit.
+pub(super) struct Revocation {
+    parts: Vec<(TopicPartition, PartState)>,
+    committed: oneshot::Receiver<Result<()>>,
+}
+
+/// The outcome of the oldest revocation's commit, when it comes. Cancel-safe.
+pub(super) async fn next_revoked(revoking: &mut VecDeque<Revocation>) -> Result<()> {
+    match revoking.front_mut() {
+        Some(r) => group::committed((&mut r.committed).await),
+        None => std::future::pending().await,
+    }
+}
 
 impl Consumer {
     /// Joins consumer group `group` to read `topics`: the group's coordinator shares
@@ -109,7 +127,13 @@ impl Consumer {
         let Some(g) = self.group.take() else {
             return Ok(());
         };
-        let owned = self.assignment();
+        let mut owned = self.assignment();
+        // Revocations under way are earlier in the commit queue: done by then.
+        owned.extend(
+            self.revoking
+                .drain(..)
+                .flat_map(|r| r.parts.into_iter().map(|(tp, _)| tp)),
+        );
         let committed = if self.config.enable_auto_commit {
             g.commit(self.positions(&owned)).await
         } else {
@@ -235,6 +259,19 @@ impl Consumer {
         while let Some(event) = self.group.as_mut().and_then(|g| g.events.try_recv().ok()) {
             self.on_group_event(event)?;
         }
+        // A consumer busy with records never waits in `recv`: look here too.
+        while let Some(done) = self.revoking.front_mut().and_then(|r| {
+            use oneshot::error::TryRecvError;
+            match r.committed.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => Some(Err(ClientError::Closed(
+                    "the consumer's committer stopped".into(),
+                ))),
+            }
+        }) {
+            self.release_revoked(done)?;
+        }
         if let Some(target) = self.target.take()
             && let Err(e) = self.apply_assignment(&target).await
         {
@@ -252,7 +289,12 @@ impl Consumer {
                 Ok(())
             }
             GroupEvent::Lost(why) => {
-                let lost = self.assignment();
+                let mut lost = self.assignment();
+                lost.extend(
+                    self.revoking
+                        .drain(..)
+                        .flat_map(|r| r.parts.into_iter().map(|(tp, _)| tp)),
+                );
                 tracing::warn!(%why, partitions = lost.len(), "lost the group's partitions");
                 if !lost.is_empty()
                     && let Some(l) = self.listener()
@@ -261,51 +303,95 @@ impl Consumer {
                 }
                 self.session.stop_all();
                 self.parts.clear();
+                self.committed.clear();
                 self.target = None;
                 Ok(())
             }
             GroupEvent::Error { error, fatal } => {
                 if fatal {
+                    // Membership is over (e.g. an invalid group id): nothing is ours.
                     self.group = None;
+                    self.session.stop_all();
+                    self.parts.clear();
+                    self.revoking.clear();
+                    self.target = None;
                 }
                 Err(error)
             }
         }
     }
 
+    /// What the coordinator is told this member owns: what it reads, and what it
+    /// is still releasing.
+    fn reported_owned(&self) -> BTreeSet<TopicPartition> {
+        let releasing = self
+            .revoking
+            .iter()
+            .flat_map(|r| r.parts.iter().map(|(tp, _)| tp.clone()));
+        self.parts.keys().cloned().chain(releasing).collect()
+    }
+
+    /// The oldest revocation's final commit is answered: `on_revoked`, then release.
+    pub(super) fn release_revoked(&mut self, committed: Result<()>) -> Result<()> {
+        let Some(done) = self.revoking.pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = committed {
+            tracing::warn!(%e, "final commit of revoked partitions failed");
+        }
+        let revoked: Vec<TopicPartition> = done.parts.into_iter().map(|(tp, _)| tp).collect();
+        if !revoked.is_empty()
+            && let Some(l) = self.listener()
+        {
+            l.on_revoked(&revoked);
+        }
+        self.member()?.set_owned(self.reported_owned());
+        Ok(())
+    }
+
     /// Moves from what this member owns to `target`: revoke, then add.
     async fn apply_assignment(&mut self, target: &BTreeSet<TopicPartition>) -> Result<()> {
         let owned: BTreeSet<TopicPartition> = self.parts.keys().cloned().collect();
         let revoked: Vec<TopicPartition> = owned.difference(target).cloned().collect();
-        let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
+        let mut added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
         if !revoked.is_empty() {
-            if self.config.enable_auto_commit {
-                let offsets = self.positions(&revoked);
-                match self.member()?.commit(offsets.clone()).await {
-                    Ok(()) => self.note_committed(&offsets),
-                    Err(e) => tracing::warn!(%e, "final commit of revoked partitions failed"),
+            let offsets = self.positions(&revoked);
+            let mut parts = Vec::with_capacity(revoked.len());
+            for tp in &revoked {
+                self.session.stop(tp);
+                self.committed.remove(tp);
+                if let Some(state) = self.parts.remove(tp) {
+                    parts.push((tp.clone(), state));
                 }
             }
-            if let Some(l) = self.listener() {
-                l.on_revoked(&revoked);
+            if self.config.enable_auto_commit {
+                let committed = self.member()?.commit_then(offsets)?;
+                self.revoking.push_back(Revocation { parts, committed });
+            } else {
+                if let Some(l) = self.listener() {
+                    l.on_revoked(&revoked);
+                }
+                self.member()?.set_owned(self.reported_owned());
             }
-            for tp in &revoked {
-                self.parts.remove(tp);
-                self.committed.remove(tp);
-                self.session.stop(tp);
-            }
-            self.member()?
-                .set_owned(self.parts.keys().cloned().collect());
         }
+        // A partition handed straight back while still being released carries on.
+        added.retain(|tp| {
+            let back = self.revoking.iter_mut().find_map(|r| {
+                let i = r.parts.iter().position(|(t, _)| t == tp)?;
+                Some(r.parts.remove(i).1)
+            });
+            match back {
+                Some(state) => {
+                    self.parts.insert(tp.clone(), state);
+                    false
+                }
+                None => true,
+            }
+        });
         if added.is_empty() {
             return Ok(());
         }
-        let committed: BTreeMap<TopicPartition, OffsetAndMetadata> = self
-            .member()?
-            .committed(&added)
-            .await?
-            .into_iter()
-            .collect();
+        let committed = self.member()?.committed(&added).await?;
         let mut without_offset = Vec::new();
         for tp in &added {
             let mut state = PartState::default();
@@ -325,8 +411,7 @@ impl Consumer {
             }
             self.parts.insert(tp.clone(), state);
         }
-        self.member()?
-            .set_owned(self.parts.keys().cloned().collect());
+        self.member()?.set_owned(self.reported_owned());
         if let Some(l) = self.listener() {
             l.on_assigned(&added);
         }

@@ -12,7 +12,8 @@
 //! With `--group G` the command is a member of consumer group G: it reads the share
 //! of the topic's partitions the group gives it, from the group's committed offsets
 //! (partitions without one start as above), commits its position every
-//! `--commit-interval` and when it stops, and notes on stderr the partitions it is
+//! `--commit-interval` and when it stops (also on Ctrl-C / SIGTERM, leaving the group
+//! so its partitions move on at once), and notes on stderr the partitions it is
 //! given and gives up. Without `--follow` it stops once its partitions are read up
 //! to where they ended when it got them.
 
@@ -237,14 +238,17 @@ async fn run_group(
     let mut printed = 0u64;
     // Where each partition stops without --follow: its end when first assigned here.
     let mut ends: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    let mut stop = std::pin::pin!(stop_signal());
     while a.max_records.is_none_or(|max| printed < max) {
-        let next = if a.follow {
-            Some(consumer.recv().await)
-        } else {
-            tokio::time::timeout(IDLE_CHECK, consumer.recv()).await.ok()
+        // Wake up now and then (records or not) to print notes and check progress.
+        let next = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            next = tokio::time::timeout(IDLE_CHECK, consumer.recv()) => next.ok(),
         };
         for note in std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner())) {
             writeln!(io.stderr, "{note}")?;
+            io.stderr.flush()?;
         }
         match next {
             Some(None) => break,
@@ -272,10 +276,30 @@ async fn run_group(
         }
     }
     io.stdout.flush()?;
-    consumer
-        .close()
-        .await
-        .with_context(|| format!("cannot leave group '{group}' cleanly"))
+    let left = consumer.close().await;
+    for note in std::mem::take(&mut *notes.lock().unwrap_or_else(|p| p.into_inner())) {
+        writeln!(io.stderr, "{note}")?;
+    }
+    left.with_context(|| format!("cannot leave group '{group}' cleanly"))
+}
+
+/// Ctrl-C or SIGTERM: a group member then commits and leaves the group, so its
+/// partitions move on at once instead of after its session times out.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Whether every partition assigned here has been read up to its end as of when it
