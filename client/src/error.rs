@@ -325,6 +325,25 @@ impl ClientError {
         )
     }
 
+    /// Whether the broker refused the request before storing anything: a produce that
+    /// failed this way was certainly not appended. Any other failure (a timeout, a lost
+    /// connection, a leader that stopped after accepting the batch) leaves the batch
+    /// possibly stored, which an idempotent producer must not send under a new stamp.
+    pub fn proves_not_stored(&self) -> bool {
+        matches!(
+            self,
+            ClientError::UnknownTopic { .. }
+                | ClientError::UnknownPartition { .. }
+                | ClientError::InvalidRequest { .. }
+                | ClientError::CorruptBatch { .. }
+                | ClientError::BatchTooLarge { .. }
+                | ClientError::DuplicateSequence { .. }
+                | ClientError::OutOfOrderSequence { .. }
+                | ClientError::UnknownProducer { .. }
+                | ClientError::ProducerFenced { .. }
+        )
+    }
+
     /// Whether the client's metadata may be out of date: the broker does not (yet)
     /// know the topic or partition, or leadership moved. Requests aimed at a partition
     /// leader retry these after refreshing metadata, as long as the refreshed metadata

@@ -297,6 +297,55 @@ async fn fatal_produce_errors_fail_the_records() {
 }
 
 #[tokio::test]
+async fn a_batch_that_may_be_stored_is_never_resent_under_a_new_epoch() {
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
+    cluster.state().withhold_produce = true;
+    let producer = Producer::new(
+        conn,
+        ProducerConfig {
+            request_timeout: Duration::from_millis(200),
+            linger: Duration::ZERO,
+            batch_bytes: 1,
+            max_in_flight: 2,
+            ..producer_config()
+        },
+    )
+    .unwrap();
+    let first = within(producer.send(ProducerRecord::new("t", "r0")))
+        .await
+        .unwrap();
+    let second = within(producer.send(ProducerRecord::new("t", "r1")))
+        .await
+        .unwrap();
+    // Both requests time out unanswered: for all the producer knows, both are stored.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let mut st = cluster.state();
+        st.withhold_produce = false;
+        st.produce_faults
+            .extend([v1::ErrorCode::BatchTooLarge, v1::ErrorCode::NotLeader]);
+    }
+    let err = within(first).await.unwrap_err();
+    assert!(matches!(err, ClientError::BatchTooLarge { .. }), "{err}");
+    // The first batch failing for good moves the partition to epoch 1; the second
+    // must not be stored again under it, so it fails with its outcome unknown.
+    let err = within(second).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Timeout { message } if message.contains("outcome unknown")),
+        "{err}"
+    );
+    let md = within(
+        within(producer.send(ProducerRecord::new("t", "r2")))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(md.offset, 0);
+    assert_eq!(stamps(&cluster, "t", 0), vec![(0, 1, 0, 1)]);
+}
+
+#[tokio::test]
 async fn without_idempotence_batches_are_not_stamped() {
     let (cluster, conn) = one_broker_with_topic("t", 1).await;
     let config = ProducerConfig {

@@ -64,6 +64,11 @@ pub(crate) struct ProducerBatch {
     pub attempts: u32,
     /// Idempotent produce: the epoch and first sequence number it was stamped with.
     pub stamp: Option<(i16, i32)>,
+    /// An attempt failed without proof that nothing was stored (see
+    /// [`ClientError::proves_not_stored`]), so the batch may be in the log under its
+    /// stamp. Such a batch is never re-stamped: under a new epoch it would be stored
+    /// a second time.
+    pub maybe_stored: bool,
     memory: Option<OwnedSemaphorePermit>,
 }
 
@@ -214,6 +219,31 @@ impl Accumulator {
         q.next_seq = 0;
     }
 
+    /// Removes the partition's queued batches that may already be stored under an
+    /// epoch it has left: they can be neither resent as they are (the broker has moved
+    /// on) nor re-stamped (a second copy), so they fail.
+    pub fn take_stranded(&mut self, topic: &str, partition: u32) -> Vec<ProducerBatch> {
+        let Some(p) = self.producer else {
+            return Vec::new();
+        };
+        let Some(q) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&partition))
+        else {
+            return Vec::new();
+        };
+        let epoch = p.epoch.saturating_add(q.epoch_bumps);
+        let (stranded, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut q.batches)
+            .into_iter()
+            .partition(|b| b.maybe_stored && b.stamp.is_some_and(|(e, _)| e < epoch));
+        q.batches = keep;
+        for b in &stranded {
+            self.incomplete.remove(&b.id);
+        }
+        stranded.into()
+    }
+
     fn queue(&self, topic: &str, partition: u32) -> Option<&PartitionQueue> {
         self.topics.get(topic)?.get(&partition)
     }
@@ -307,6 +337,7 @@ impl Accumulator {
             open: true,
             attempts: 0,
             stamp: None,
+            maybe_stored: false,
             memory: None,
         };
         push_record(&mut batch, &rec, pending, memory)?;

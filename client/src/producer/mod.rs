@@ -14,8 +14,9 @@
 //! gets a producer id from the controller and numbers its batches per partition, so a
 //! batch resent after a lost answer or a leader failover is stored once, and retried
 //! batches keep their order. Only when a batch fails for good (its delivery timeout
-//! passes) does the partition move to a new epoch, after which a batch that was in
-//! flight with an unknown outcome may be stored twice. Without idempotence
+//! passes, or the broker refuses it) does the partition move to a new epoch; batches
+//! that may already be stored under the old one then fail as timeouts (outcome
+//! unknown) rather than being sent again under new numbers. Without idempotence
 //! (`idempotence: false`, or weaker acks) delivery is at least once, and with
 //! `max_in_flight > 1` a retried batch may land after a later one.
 

@@ -322,10 +322,14 @@ impl Sender {
             return self.finish(batch, Ok(UNKNOWN_OFFSET));
         }
         batch.attempts = batch.attempts.saturating_add(1);
+        batch.maybe_stored |= !err.proves_not_stored();
         let sequence_retry = self.sequence_retry(&batch, &err);
         let config = &self.shared.config;
         let retriable = err.is_retriable() || err.is_stale_metadata() || sequence_retry;
         let expired = now.duration_since(batch.created) >= config.delivery_timeout;
+        if batch.maybe_stored && self.stamped_in_abandoned_epoch(&batch) {
+            return self.finish(batch, Err(stranded(err)));
+        }
         if retriable && batch.attempts <= config.retries && !expired {
             tracing::debug!(
                 topic = %batch.topic,
@@ -382,14 +386,38 @@ impl Sender {
     }
 
     /// A stamped batch failed for good: its partition's sequence now has a gap, so
-    /// the partition moves on to a new epoch.
+    /// the partition moves on to a new epoch. Queued retries that may already be
+    /// stored under the old epoch fail with it (see [`stranded`]).
     fn abandon_epoch(&self, batch: &ProducerBatch) {
-        let acc = &mut self.shared.state().acc;
-        if let (Some((e, _)), Some(c)) = (batch.stamp, acc.epoch_of(&batch.topic, batch.partition))
-            && e == c
-        {
-            acc.bump_epoch(&batch.topic, batch.partition);
+        let stranded_batches = {
+            let acc = &mut self.shared.state().acc;
+            match (batch.stamp, acc.epoch_of(&batch.topic, batch.partition)) {
+                (Some((e, _)), Some(c)) if e == c => {
+                    acc.bump_epoch(&batch.topic, batch.partition);
+                    acc.take_stranded(&batch.topic, batch.partition)
+                }
+                _ => Vec::new(),
+            }
+        };
+        if stranded_batches.is_empty() {
+            return;
         }
+        for b in stranded_batches {
+            b.complete(Err(stranded(ClientError::Timeout {
+                message: "an earlier batch of the partition failed for good".into(),
+            })));
+        }
+        self.shared.completed.notify_waiters();
+    }
+
+    /// Whether the batch carries a stamp of an epoch its partition has left.
+    fn stamped_in_abandoned_epoch(&self, batch: &ProducerBatch) -> bool {
+        let current = self
+            .shared
+            .state()
+            .acc
+            .epoch_of(&batch.topic, batch.partition);
+        matches!((batch.stamp, current), (Some((e, _)), Some(c)) if e < c)
     }
 
     /// Completes a batch for good.
@@ -494,5 +522,16 @@ async fn stream_task(
     .await;
     if let Err(error) = result {
         let _ = events.send(StreamEvent::Closed { stream: id, error }).await;
+    }
+}
+
+/// The error for a batch that may be stored under an epoch its partition has left. It
+/// cannot be retried without risking a second copy, so it fails as a timeout does:
+/// the records may or may not be in the log.
+fn stranded(last: ClientError) -> ClientError {
+    ClientError::Timeout {
+        message: format!(
+            "outcome unknown: the batch may be stored, and its partition moved to a new producer epoch after another batch failed for good, so it is not resent; last error: {last}"
+        ),
     }
 }
