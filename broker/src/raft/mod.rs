@@ -452,6 +452,17 @@ impl Replica {
         *self.hw.borrow()
     }
 
+    /// The high watermark as a leader can vouch for it: once it leads and has applied
+    /// every entry of earlier terms. Right after an election or a restart the applied
+    /// point may trail what was committed before, so a "latest offset" read from it
+    /// could go backward; until then this answers "not ready, retry" (Kafka's KIP-207
+    /// answers OFFSET_NOT_AVAILABLE in the same spot).
+    pub fn settled_high_watermark(&self) -> Result<u64, ReplicaError> {
+        self.ensure_leader()?;
+        self.settled_term()?;
+        Ok(self.high_watermark())
+    }
+
     /// A receiver that changes whenever the high watermark moves (long-poll fetches).
     pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
         self.hw.clone()

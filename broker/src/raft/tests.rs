@@ -208,6 +208,19 @@ async fn single_node_writes_restarts_and_continues() {
     );
 
     let replica = start_leading(spec, &registry).await;
+    // The restart resumed from a checkpoint behind `next`: until the leader has applied
+    // the rest, it must not vouch for a high watermark that went backward.
+    let settled = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match replica.settled_high_watermark() {
+                Ok(hw) => return hw,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    })
+    .await
+    .expect("the leader settles");
+    assert_eq!(settled, next, "latest offset after restart");
     wait_hw(&replica, next, Duration::from_secs(5)).await;
     let after = read_all(replica.log(), next);
     assert!(same_bytes(&before, &after), "data intact after restart");

@@ -376,18 +376,25 @@ impl Sluice for ClientApi {
             Err(e) => return reply(0, Some(e)),
         };
         let r = &partition.replica;
-        let hw = r.high_watermark();
-        match req.spec {
-            None | Some(Spec::Latest(_)) => reply(hw, None),
-            Some(Spec::Earliest(_)) => reply(r.log().start_offset(), None),
-            Some(Spec::Timestamp(ts)) => match r.log().batch_at_time(ts) {
-                Err(e) => reply(0, Some(errors::from_log(&e))),
-                Ok(None) => reply(hw, None),
-                Ok(Some(batch)) => {
-                    let offset = first_offset_at_or_after(batch, ts).unwrap_or(hw);
-                    reply(offset.min(hw), None)
-                }
-            },
+        let at_time = match req.spec {
+            Some(Spec::Earliest(_)) => return reply(r.log().start_offset(), None),
+            None | Some(Spec::Latest(_)) => None,
+            Some(Spec::Timestamp(ts)) => Some(ts),
+        };
+        let hw = match r.settled_high_watermark() {
+            Ok(hw) => hw,
+            Err(e) => return reply(0, Some(errors::from_replica(&e))),
+        };
+        let Some(ts) = at_time else {
+            return reply(hw, None);
+        };
+        match r.log().batch_at_time(ts) {
+            Err(e) => reply(0, Some(errors::from_log(&e))),
+            Ok(None) => reply(hw, None),
+            Ok(Some(batch)) => {
+                let offset = first_offset_at_or_after(batch, ts).unwrap_or(hw);
+                reply(offset.min(hw), None)
+            }
         }
     }
 
