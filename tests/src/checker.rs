@@ -12,12 +12,16 @@
 //!   duplicate fails the check, and so does a producer's records stored out of the
 //!   order it sent them in.
 //!
+//! And of the consumer group reading along ([`check_commits`]): the committed offset of
+//! a partition never goes backward, and never points past the end of its log.
+//!
 //! Pure functions over data: no I/O, no clocks, so the checker itself is unit-tested
 //! below against histories that must fail.
 
 use std::collections::HashMap;
 
 use crate::inspect::StoredRecord;
+use crate::readers::CommitHistory;
 use crate::workload::{History, Op, Outcome};
 
 /// The switch for exactly-once, in-order delivery per partition: on, the workload's
@@ -67,6 +71,14 @@ pub struct Verdict {
     pub reordered: Vec<String>,
     /// Replicas that disagree, offsets with holes, logs not matching the watermark.
     pub divergent: Vec<String>,
+    /// Records the consumer group read.
+    pub group_read: u64,
+    /// Committed offsets the watcher saw, over all partitions.
+    pub commit_samples: usize,
+    /// A committed offset lower than one seen before it.
+    pub commits_backward: Vec<String>,
+    /// A committed offset beyond the partition's high watermark.
+    pub commits_past_end: Vec<String>,
 }
 
 impl Verdict {
@@ -102,6 +114,16 @@ impl Verdict {
             &self.divergent,
             self.divergent.len(),
         );
+        report(
+            "committed offset(s) that went backward",
+            &self.commits_backward,
+            self.commits_backward.len(),
+        );
+        report(
+            "committed offset(s) past the end of the log",
+            &self.commits_past_end,
+            self.commits_past_end.len(),
+        );
         if EXACTLY_ONCE {
             report(
                 "duplicate(s) with exactly-once on",
@@ -122,16 +144,49 @@ impl Verdict {
         self.lost.len()
     }
 
-    /// One line of the summary table: scenario, acknowledged, lost, duplicated, seed.
+    /// The header of the summary table [`Verdict::table_row`] writes rows of.
+    pub const TABLE_HEADER: &str = "| scenario | acknowledged | lost | duplicated | failed sends | read by group | commits sampled | seed |";
+
+    /// One line of the summary table.
     pub fn table_row(&self, scenario: &str, seed: Option<u64>) -> String {
         let seed = seed.map_or_else(|| "-".to_string(), |s| s.to_string());
         format!(
-            "| {scenario} | {} | {} | {} | {} | {seed} |",
+            "| {scenario} | {} | {} | {} | {} | {} | {} | {seed} |",
             self.acked,
             self.lost_count(),
             self.duplicates,
             self.failed,
+            self.group_read,
+            self.commit_samples,
         )
+    }
+}
+
+/// Judges what the consumer group committed against the agreed logs: per partition,
+/// the coordinator's answers never go backward and never pass the high watermark.
+pub fn check_commits(v: &mut Verdict, commits: &CommitHistory, partitions: &[PartitionReplicas]) {
+    v.group_read = commits.read;
+    for (&partition, offsets) in &commits.samples {
+        v.commit_samples += offsets.len();
+        for pair in offsets.windows(2) {
+            if pair[1] < pair[0] {
+                v.commits_backward.push(format!(
+                    "partition {partition}: {} after {}",
+                    pair[1], pair[0]
+                ));
+            }
+        }
+        let end = partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.high_watermark);
+        if let (Some(end), Some(&top)) = (end, offsets.iter().max())
+            && top > end
+        {
+            v.commits_past_end.push(format!(
+                "partition {partition}: committed {top}, high watermark {end}"
+            ));
+        }
     }
 }
 
@@ -293,6 +348,42 @@ mod tests {
         }
     }
 
+    fn commits(samples: &[(u32, &[u64])]) -> CommitHistory {
+        CommitHistory {
+            samples: samples.iter().map(|(p, o)| (*p, o.to_vec())).collect(),
+            ..CommitHistory::default()
+        }
+    }
+
+    #[test]
+    fn committed_offsets_that_only_grow_pass() {
+        let mut v = Verdict::default();
+        let parts = replicated(&["a", "b", "c"]);
+        check_commits(&mut v, &commits(&[(0, &[0, 1, 1, 3])]), &parts);
+        assert!(v.problems().is_empty(), "{:?}", v.problems());
+        assert_eq!(v.commit_samples, 4);
+    }
+
+    #[test]
+    fn a_committed_offset_going_backward_fails() {
+        let mut v = Verdict::default();
+        let parts = replicated(&["a", "b", "c"]);
+        check_commits(&mut v, &commits(&[(0, &[1, 3, 2])]), &parts);
+        assert_eq!(
+            v.commits_backward,
+            vec!["partition 0: 2 after 3".to_string()]
+        );
+        assert_eq!(v.problems().len(), 1);
+    }
+
+    #[test]
+    fn a_committed_offset_past_the_log_end_fails() {
+        let mut v = Verdict::default();
+        let parts = replicated(&["a", "b"]);
+        check_commits(&mut v, &commits(&[(0, &[1, 5])]), &parts);
+        assert_eq!(v.commits_past_end.len(), 1, "{:?}", v.problems());
+    }
+
     fn acked(value: &str, offset: u64) -> Op {
         op(value, 0, 0, Outcome::Acked { offset })
     }
@@ -439,6 +530,9 @@ mod tests {
     fn the_table_row_names_acknowledged_lost_and_duplicated() {
         let h = history(vec![acked("a", 0), acked("b", 1)]);
         let v = check(&h, &replicated(&["a", "a"]));
-        assert_eq!(v.table_row("x", Some(7)), "| x | 2 | 1 | 1 | 0 | 7 |");
+        assert_eq!(
+            v.table_row("x", Some(7)),
+            "| x | 2 | 1 | 1 | 0 | 0 | 0 | 7 |"
+        );
     }
 }

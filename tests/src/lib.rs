@@ -12,7 +12,8 @@
 //! other only through such proxies, and seeded fault schedules), [`damage`] (torn and
 //! garbled segment files), [`disk`] (a small tmpfs to fill), [`workload`] and
 //! [`checker`] (producers recording what was acknowledged, and the verdict on what
-//! the replicas hold), and [`inspect`] (asking each broker about its own replicas).
+//! the replicas hold), [`readers`] (a consumer group reading and committing along),
+//! and [`inspect`] (asking each broker about its own replicas).
 
 pub mod checker;
 pub mod damage;
@@ -20,6 +21,7 @@ pub mod disk;
 pub mod faults;
 pub mod inspect;
 pub mod proxy;
+pub mod readers;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};

@@ -6,10 +6,12 @@
 //! from every replica and holds the history against it: nothing acknowledged lost,
 //! acknowledged offsets true, order kept, nothing invented, replicas identical, and,
 //! with `checker::EXACTLY_ONCE` on (idempotent producers), no duplicate and each
-//! producer's records in the order it sent them.
+//! producer's records in the order it sent them. A consumer group reads along and
+//! commits; the committed offsets it was answered must never go backward nor pass
+//! the end of the log.
 //!
 //! Each scenario prints one row of the summary table (scenario, acknowledged, lost,
-//! duplicated, failed sends, seed). The random one prints its seed first; rerun it
+//! duplicated, failed sends, read by the group, committed offsets sampled, seed). The random one prints its seed first; rerun it
 //! with `SLUICE_FAULT_SEED=<seed>`. Scenarios run one at a time, each bounded by
 //! explicit deadlines that fail with every broker's log.
 
@@ -22,6 +24,7 @@ use sluice_tests::damage;
 use sluice_tests::disk::SmallDisk;
 use sluice_tests::faults::{self, FaultyCluster, Schedule};
 use sluice_tests::inspect::eventually;
+use sluice_tests::readers::Readers;
 use sluice_tests::workload::{History, Outcome, Workload, WorkloadConfig, client_config};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_test-broker");
@@ -45,6 +48,8 @@ struct Scenario {
     cluster: FaultyCluster,
     /// The data root, unless the test keeps it itself.
     _dir: Option<tempfile::TempDir>,
+    /// The consumer group reading along, until the verdict.
+    readers: Option<Readers>,
     /// Released last, once every broker is gone.
     _serial: tokio::sync::MutexGuard<'static, ()>,
     started: Instant,
@@ -73,6 +78,7 @@ impl Scenario {
             name,
             cluster,
             _dir: dir,
+            readers: None,
             _serial: serial,
             started,
         };
@@ -93,6 +99,10 @@ impl Scenario {
         s.check(linked.await);
         let config = WorkloadConfig::new(TOPIC, PARTITIONS, s.name);
         let w = s.check(Workload::start(s.cluster.addrs(), config).await);
+        let group = format!("{name}-readers");
+        let readers = s.check(Readers::start(s.cluster.addrs(), TOPIC, &group).await);
+        let mut s = s;
+        s.readers = Some(readers);
         s.flowing(&w, FAILOVER, "before the faults").await;
         (s, w)
     }
@@ -128,7 +138,7 @@ impl Scenario {
 
     /// Reads every replica once they agree, checks `history` against them, prints the
     /// table row, and fails on any broken guarantee.
-    async fn judge(&self, history: &History, seed: Option<u64>) -> Verdict {
+    async fn judge(&mut self, history: &History, seed: Option<u64>) -> Verdict {
         let mut min = vec![0u64; PARTITIONS as usize];
         for op in &history.ops {
             if let Outcome::Acked { offset } = op.outcome {
@@ -136,15 +146,22 @@ impl Scenario {
                 *m = (*m).max(offset + 1);
             }
         }
+        let commits = match self.readers.take() {
+            Some(readers) => readers.stop().await,
+            None => self.fail("the consumer group was never started"),
+        };
         let replicas = self.check(self.cluster.read_all(TOPIC, &min, RECOVERY).await);
-        let verdict = checker::check(history, &replicas);
-        println!("| scenario | acknowledged | lost | duplicated | failed sends | seed |");
+        let mut verdict = checker::check(history, &replicas);
+        checker::check_commits(&mut verdict, &commits, &replicas);
+        println!("{}", Verdict::TABLE_HEADER);
         println!("{}", verdict.table_row(self.name, seed));
         println!(
-            "{}: failed sends by error: {:?}; acknowledged without an offset: {}; took {:?}",
+            "{}: failed sends by error: {:?}; acknowledged without an offset: {}; group read errors {}, failed offset lookups {}; took {:?}",
             self.name,
             history.failures(),
             verdict.acked_without_offset,
+            commits.read_errors,
+            commits.lookup_errors,
             self.started.elapsed()
         );
         let problems = verdict.problems();
@@ -153,6 +170,11 @@ impl Scenario {
         }
         if verdict.acked == 0 {
             self.fail("nothing was acknowledged: the scenario tested nothing");
+        }
+        if verdict.commit_samples == 0 {
+            self.fail(
+                "the consumer group's committed offsets were never seen: its check tested nothing",
+            );
         }
         verdict
     }
@@ -303,7 +325,7 @@ async fn full_disk_refuses_writes_clearly_and_resumes_when_space_returns() {
         std::os::unix::fs::symlink(&data, dir.path().join(format!("b{id}"))).expect("symlink");
     }
     // Dropped in reverse: brokers first, then the tmpfs, then the directory.
-    let (s, w) = Scenario::start_in("disk-full", dir.path(), None).await;
+    let (mut s, w) = Scenario::start_in("disk-full", dir.path(), None).await;
 
     let filled = s.check(disk.fill());
     let failed_before = w.progress().failed();
