@@ -11,9 +11,11 @@ mod checks;
 #[path = "../../fuzz/checks/replay.rs"]
 mod replay;
 
+use prost::Message;
 use replay::{corpus_dir, replay};
 use sluice_broker::log::{EntryId, EntryKind, Log, LogConfig, NewEntry};
 use sluice_proto::batch::{BatchBuilder, Compression};
+use sluice_proto::raft::RaftRequest;
 
 #[test]
 fn frame_parse_corpus_replays() {
@@ -28,6 +30,27 @@ fn log_recovery_corpus_replays() {
 #[test]
 fn index_load_corpus_replays() {
     assert!(replay("index_load", checks::index_load) > 0);
+}
+
+#[test]
+fn peer_request_decode_corpus_replays() {
+    assert!(replay("peer_request_decode", checks::peer_request_decode) > 0);
+}
+
+/// The peer seeds are real requests, so the fuzzer starts from inputs that reach
+/// deep into the payload decoders.
+#[test]
+fn peer_seeds_decode_as_the_requests_they_are() {
+    use sluice_broker::raft::network::{AppendEntriesRpc, VoteRpc, decode};
+    let seed = |name: &str| {
+        let bytes = std::fs::read(corpus_dir("peer_request_decode").join(format!("seed-{name}")))
+            .expect("seed file");
+        RaftRequest::decode(&bytes[..]).expect("envelope").payload
+    };
+    let append: AppendEntriesRpc = decode(&seed("append-entries")).expect("append entries");
+    assert_eq!(append.entries.len(), 2);
+    let (_, vote): VoteRpc = decode(&seed("pre-vote")).expect("pre-vote");
+    assert_eq!(vote.last_log_id.map(|id| id.index), Some(5));
 }
 
 fn batch(records: usize, timestamp: i64) -> Vec<u8> {
@@ -115,6 +138,46 @@ fn write_seed_corpora() {
         "log-sparse-index",
         &checks::join_recovery_input(0b1, &log1, &index1, &time_index1),
     );
+    for (name, payload) in peer_payloads() {
+        let request = RaftRequest {
+            group_id: 7,
+            payload,
+        };
+        write("peer_request_decode", name, &request.encode_to_vec());
+    }
+}
+
+/// One payload of each peer RPC, as a broker sends them.
+fn peer_payloads() -> Vec<(&'static str, bytes::Bytes)> {
+    use openraft::EntryPayload;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use sluice_broker::raft::network::{AppendEntriesRpc, VoteKind, VoteRpc, encode};
+    use sluice_broker::raft::types::{Entry, RecordBatch, Vote, log_id};
+    let vote = Vote::new_committed(3, 1);
+    let entries = vec![
+        Entry {
+            log_id: log_id(3, 4),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            log_id: log_id(3, 5),
+            payload: EntryPayload::Normal(RecordBatch(batch(2, 1_000).into())),
+        },
+    ];
+    let append: AppendEntriesRpc = AppendEntriesRequest {
+        vote,
+        prev_log_id: Some(log_id(3, 3)),
+        entries,
+        leader_commit: Some(log_id(3, 3)),
+    };
+    let pre_vote: VoteRpc = (
+        VoteKind::PreVote,
+        VoteRequest::new(Vote::new(4, 2), Some(log_id(3, 5))),
+    );
+    vec![
+        ("append-entries", encode(&append).expect("encode")),
+        ("pre-vote", encode(&pre_vote).expect("encode")),
+    ]
 }
 
 /// Found by `log_recovery`: recovery computed `last.index + 1` for a frame following

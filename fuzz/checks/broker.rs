@@ -8,6 +8,8 @@ use std::path::Path;
 use sluice_broker::log::frame::{self, EntryKind, FRAME_HEADER_LEN};
 use sluice_broker::log::index::{Index, IndexEntry, OffsetEntry, TimeEntry};
 use sluice_broker::log::{EntryId, Log, LogConfig};
+use sluice_broker::raft::network::{self, AppendEntriesRpc, SnapshotRpc, VoteRpc};
+use sluice_proto::raft::RaftRequest;
 
 /// Name of the single segment `log_recovery` writes.
 pub const SEGMENT_STEM: &str = "00000000000000000000";
@@ -170,4 +172,19 @@ fn assert_served(input: &[u8], id: Option<EntryId>, kind: Option<EntryKind>, pay
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create temp dir")
+}
+
+/// `peer_request_decode`: the input as a broker-to-broker Raft request, its payload
+/// decoded as each RPC the peer service accepts (another broker's bytes are input
+/// like any other: a broken or hostile peer must get an error, not a panic). The raw
+/// input is tried as a payload too, so the fuzzer reaches the payload decoders
+/// without first having to learn the protobuf envelope.
+pub fn peer_request_decode(data: &[u8]) {
+    use prost::Message;
+    let payload = RaftRequest::decode(data).map(|r| r.payload).ok();
+    for p in [Some(data), payload.as_deref()].into_iter().flatten() {
+        let _ = network::decode::<AppendEntriesRpc>(p);
+        let _ = network::decode::<VoteRpc>(p);
+        let _ = network::decode::<SnapshotRpc>(p);
+    }
 }

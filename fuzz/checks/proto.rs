@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use prost::Message;
 use sluice_proto::batch::Batch;
-use sluice_proto::v1;
+use sluice_proto::{TopicPartition, v1};
 
 /// `batch_decode`: decode and iterate any input; whatever `verify` accepts must decode
 /// and iterate without error, giving exactly the records its header announces.
@@ -36,8 +36,10 @@ pub fn batch_decode(data: &[u8]) {
     }
 }
 
-/// `request_decode`: the input as each client request the broker decodes; a produce
-/// request's batch then goes through `Batch::verify`, as the broker's produce path does.
+/// `request_decode`: the input as each client request the broker decodes (the
+/// `sluice.v1` client and group-coordinator services); a produce request's batch then
+/// goes through `Batch::verify`, as the broker's produce path does, and a request's
+/// partition lists through their grouping.
 pub fn request_decode(data: &[u8]) {
     if let Ok(req) = v1::ProduceRequest::decode(data)
         && Batch::verify(&req.batch[..]).is_ok()
@@ -46,6 +48,23 @@ pub fn request_decode(data: &[u8]) {
     }
     let _ = v1::FetchRequest::decode(data);
     let _ = v1::CreateTopicRequest::decode(data);
+    let _ = v1::DeleteTopicRequest::decode(data);
+    let _ = v1::ListTopicsRequest::decode(data);
+    let _ = v1::DescribeTopicRequest::decode(data);
+    let _ = v1::AddPartitionsRequest::decode(data);
     let _ = v1::ListOffsetsRequest::decode(data);
     let _ = v1::MetadataRequest::decode(data);
+    let _ = v1::InitProducerIdRequest::decode(data);
+    let _ = v1::FindCoordinatorRequest::decode(data);
+    if let Ok(req) = v1::HeartbeatRequest::decode(data) {
+        let _ = TopicPartition::from_wire(req.owned).count();
+    }
+    let _ = v1::OffsetCommitRequest::decode(data);
+    if let Ok(req) = v1::OffsetFetchRequest::decode(data) {
+        let _ = TopicPartition::from_wire(req.partitions).count();
+    }
+    let _ = v1::ListGroupsRequest::decode(data);
+    let _ = v1::DescribeGroupRequest::decode(data);
+    let _ = v1::DeleteGroupRequest::decode(data);
+    let _ = v1::ResetOffsetsRequest::decode(data);
 }

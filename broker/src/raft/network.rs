@@ -90,9 +90,16 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, TransportError> 
     }
 }
 
+/// What an `AppendEntries` request carries.
+pub type AppendEntriesRpc = AppendEntriesRequest<TypeConfig>;
+/// What a `Vote` request carries: a vote or a pre-vote.
+pub type VoteRpc = (VoteKind, VoteRequest<TypeConfig>);
+/// What an `InstallSnapshot` request carries: the leader's vote and the whole snapshot.
+pub type SnapshotRpc = (Vote, SnapshotMeta, PartitionSnapshot);
+
 /// Which vote a `Vote` RPC carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-enum VoteKind {
+pub enum VoteKind {
     Vote,
     PreVote,
 }
@@ -213,9 +220,7 @@ impl raft_server::Raft for RaftService {
         let resp = self
             .handle(
                 request.into_inner(),
-                |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
-                    raft.append_entries(rpc).await
-                },
+                |raft, rpc: AppendEntriesRpc| async move { raft.append_entries(rpc).await },
             )
             .await;
         Ok(tonic::Response::new(resp))
@@ -225,7 +230,7 @@ impl raft_server::Raft for RaftService {
         let resp = self
             .handle(
                 request.into_inner(),
-                |raft, (kind, rpc): (VoteKind, VoteRequest<TypeConfig>)| async move {
+                |raft, (kind, rpc): VoteRpc| async move {
                     match kind {
                         VoteKind::Vote => raft.vote(rpc).await,
                         VoteKind::PreVote => raft.pre_vote(rpc).await,
@@ -240,7 +245,7 @@ impl raft_server::Raft for RaftService {
         let resp = self
             .handle(
                 request.into_inner(),
-                |raft, (vote, meta, data): (Vote, SnapshotMeta, PartitionSnapshot)| async move {
+                |raft, (vote, meta, data): SnapshotRpc| async move {
                     let snapshot = Snapshot {
                         meta,
                         snapshot: data,
