@@ -104,17 +104,27 @@ impl BrokerProcess {
                 }
             }
         });
-        self.child = Some(child);
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => self.addr = addr,
-            Err(_) => {
+            Ok(addr) => {
+                self.addr = addr;
+                self.child = Some(child);
+            }
+            Err(e) => {
+                // Stdout closed early means the process ended: say how, not "slow".
+                let how = match e {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not start within {START_TIMEOUT:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => {
+                        let _ = child.kill();
+                        format!("exited while starting ({:?})", child.wait())
+                    }
+                };
+                let _ = child.kill();
+                let _ = child.wait();
                 let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
                     .unwrap_or_default();
-                self.kill();
-                panic!(
-                    "broker {} did not start within {START_TIMEOUT:?}; its log:\n{log}",
-                    self.node_id
-                );
+                panic!("broker {} {how}; its log:\n{log}", self.node_id);
             }
         }
     }

@@ -577,8 +577,13 @@ async fn a_killed_cli_member_is_replaced_within_the_default_session_timeout() {
     };
     let (stop_producing, producing) =
         produce_steadily(producer(&conn), TOPIC, 6, Duration::from_millis(50));
-    // Let the CLI read and commit a while.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the CLI read and commit a while: until it has printed records and a commit
+    // interval has passed (a loaded machine may take a few seconds to get going).
+    let reading_by = Instant::now() + Duration::from_secs(20);
+    while cli.stdout().is_empty() && Instant::now() < reading_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     cli.kill();
     let killed_at = Instant::now();
     let printed: Vec<(u32, u64)> = cli

@@ -69,12 +69,15 @@ fn trace() {
         .try_init();
 }
 
+/// Quicker than the defaults, yet with an election timeout that survives a scheduler
+/// stall of a few hundred milliseconds: unit tests run in parallel on small, shared
+/// machines, and at 150 ms a loaded run saw leaders deposed mid-test.
 fn fast_tuning() -> RaftTuning {
     trace();
     RaftTuning {
         heartbeat_interval: Duration::from_millis(50),
-        election_timeout_min: Duration::from_millis(150),
-        election_timeout_max: Duration::from_millis(300),
+        election_timeout_min: Duration::from_millis(500),
+        election_timeout_max: Duration::from_millis(800),
         write_timeout: Duration::from_secs(5),
         ..RaftTuning::default()
     }
