@@ -1,7 +1,7 @@
 //! The read side of a fault test: consumers in one group reading every partition and
-//! committing (the client's auto-commit, and its commit before a revocation) while
-//! faults happen, and a watcher sampling the group's committed offsets from its
-//! coordinator.
+//! committing (the client's auto-commit and its commit before a revocation, plus a
+//! synchronous commit every second whose outcome is counted) while faults happen, and
+//! a watcher sampling the group's committed offsets from its coordinator.
 //!
 //! Owns the consumers and the [`CommitHistory`]. It judges nothing (see
 //! [`crate::checker::check_commits`]) and never retries on its own: a failed fetch,
@@ -17,12 +17,14 @@ use sluice_client::{Admin, Connection, Consumer, ConsumerConfig, OffsetReset};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::workload::client_config;
+use crate::workload::{client_config, error_kind};
 
 /// Members of the group.
 const MEMBERS: usize = 2;
 /// How often the members commit what they read.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the members also commit synchronously, counting the outcome.
+const SYNC_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the watcher asks for the committed offsets.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait for one offset lookup, and for a member to leave at the end.
@@ -40,6 +42,10 @@ pub struct CommitHistory {
     pub lookup_errors: u64,
     /// Errors the members' `recv` returned.
     pub read_errors: u64,
+    /// Synchronous commits the coordinator acknowledged.
+    pub commits: u64,
+    /// Synchronous commits that failed, by error.
+    pub commit_errors: BTreeMap<String, usize>,
 }
 
 #[derive(Default)]
@@ -47,6 +53,19 @@ struct Counters {
     read: AtomicU64,
     lookup_errors: AtomicU64,
     read_errors: AtomicU64,
+    commits: AtomicU64,
+    commit_errors: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Counters {
+    fn commit_failed(&self, kind: String) {
+        *self
+            .commit_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
 }
 
 /// Group members and the watcher, running until [`Readers::stop`].
@@ -128,6 +147,13 @@ impl Readers {
             read: self.counters.read.load(Ordering::Relaxed),
             lookup_errors: self.counters.lookup_errors.load(Ordering::Relaxed),
             read_errors: self.counters.read_errors.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            commit_errors: self
+                .counters
+                .commit_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -138,8 +164,11 @@ async fn connect(bootstrap: &[String], who: &str) -> Result<Connection, String> 
         .map_err(|e| format!("{who} cannot connect: {e}"))
 }
 
-/// One member's loop: read and let auto-commit commit, until told to stop.
+/// One member's loop: read (auto-commit commits along), and commit synchronously
+/// every [`SYNC_COMMIT_INTERVAL`], until told to stop.
 async fn read(mut consumer: Consumer, mut stop: watch::Receiver<bool>, counters: Arc<Counters>) {
+    let mut sync_commit = tokio::time::interval(SYNC_COMMIT_INTERVAL);
+    sync_commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
         tokio::select! {
             next = consumer.recv() => match next {
@@ -152,6 +181,15 @@ async fn read(mut consumer: Consumer, mut stop: watch::Receiver<bool>, counters:
                 }
                 None => break,
             },
+            _ = sync_commit.tick() => {
+                match tokio::time::timeout(CALL_TIMEOUT, consumer.commit()).await {
+                    Ok(Ok(())) => {
+                        counters.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => counters.commit_failed(error_kind(&e)),
+                    Err(_) => counters.commit_failed("no answer".into()),
+                }
+            }
             _ = stop.changed() => {}
         }
     }
