@@ -42,6 +42,8 @@ use bytes::Bytes;
 pub struct Mapping {
     /// The mapped bytes this value covers; keeps the whole mapping alive.
     bytes: Bytes,
+    /// Addresses of the whole mapping, which a release may round out to.
+    region: Range<usize>,
 }
 
 impl Mapping {
@@ -56,8 +58,12 @@ impl Mapping {
         // pwrite (which the shared page cache makes visible here) and never shrinks a
         // file below bytes it has handed out, so no read through this mapping faults.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+        let start = map.as_ptr() as usize;
+        // The kernel maps the last page whole.
+        let region = start..start + len.next_multiple_of(page_size());
         Ok(Self {
             bytes: Bytes::from_owner(map),
+            region,
         })
     }
 
@@ -65,6 +71,7 @@ impl Mapping {
     pub fn slice(&self, range: Range<usize>) -> Self {
         Self {
             bytes: self.bytes.slice(range),
+            region: self.region.clone(),
         }
     }
 
@@ -74,12 +81,13 @@ impl Mapping {
     pub fn window(&self, range: Range<usize>) -> Bytes {
         Bytes::from_owner(Window {
             bytes: self.bytes.slice(range),
+            region: self.region.clone(),
         })
     }
 
     /// Releases the pages under `range` now (see the module doc for why that is safe).
     pub fn release(&self, range: Range<usize>) {
-        release(&self.bytes[range]);
+        release(&self.bytes[range], &self.region);
     }
 }
 
@@ -94,6 +102,7 @@ impl Deref for Mapping {
 /// The owner behind [`Mapping::window`]'s `Bytes`: releases its pages when dropped.
 struct Window {
     bytes: Bytes,
+    region: Range<usize>,
 }
 
 impl AsRef<[u8]> for Window {
@@ -105,7 +114,7 @@ impl AsRef<[u8]> for Window {
 impl Drop for Window {
     fn drop(&mut self) {
         // `self.bytes` is dropped after this, so the mapping is still there.
-        release(&self.bytes);
+        release(&self.bytes, &self.region);
     }
 }
 
@@ -121,20 +130,33 @@ fn page_size() -> usize {
     })
 }
 
-/// `madvise(MADV_DONTNEED)` over every page `bytes` touches, whole pages included:
-/// rounding out is harmless (the data is re-read from the page cache if touched
-/// again), while rounding in would leave the pages shared by two reads resident.
-/// `bytes` must lie inside a file mapping; the mapping starts on a page boundary and
-/// its last page is mapped whole, so the rounded range stays inside it.
-fn release(bytes: &[u8]) {
+/// How much the kernel maps around a faulting page of a file mapping when those pages
+/// are in the page cache (`fault_around_bytes`, 64 KiB by default), aligned to it.
+const FAULT_AROUND: usize = 64 << 10;
+
+/// `madvise(MADV_DONTNEED)` over the bytes, rounded out to [`FAULT_AROUND`] blocks and
+/// clipped to `region`, the whole mapping they lie in.
+///
+/// Rounding out is harmless: what is released is re-read from the page cache if
+/// touched again. Rounding in, or only to pages, leaks: a read's first fault also maps
+/// the cached pages before it in the same block, which the previous read had already
+/// released, and nothing after it would release them again (a replay left ~5% of the
+/// log resident that way). Clipping to `region` matters: past the mapping may lie
+/// anonymous memory, which `MADV_DONTNEED` would zero.
+fn release(bytes: &[u8], region: &Range<usize>) {
     if bytes.is_empty() {
         return;
     }
-    let page = page_size();
-    let start = bytes.as_ptr() as usize & !(page - 1);
-    let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(page);
-    // SAFETY: [start, end) lies inside a live shared file mapping (see above), for
-    // which MADV_DONTNEED only drops page table entries; contents are unchanged.
+    let from = bytes.as_ptr() as usize;
+    let start = (from & !(FAULT_AROUND - 1)).max(region.start);
+    let end = (from + bytes.len())
+        .next_multiple_of(FAULT_AROUND)
+        .min(region.end);
+    if start >= end {
+        return;
+    }
+    // SAFETY: [start, end) lies inside a live shared file mapping (the caller holds
+    // it), for which MADV_DONTNEED only drops page table entries; contents stay.
     let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     if rc != 0 {
         // Only a hint failed: the pages stay resident until the mapping goes.
