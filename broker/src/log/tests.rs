@@ -714,8 +714,16 @@ fn replaying_sealed_segments_does_not_keep_them_resident() {
         retention: RetentionPolicy::default(),
     };
     let log = Log::open(dir.path(), config).expect("open");
-    // 48 MiB in batches of 64 KiB and a bit, so reads end mid-page: five sealed segments and some of the active one.
-    fill(&log, 768, 16, (64 << 10) + 100);
+    // 48 MiB in batches of 64 KiB and a bit, so reads end mid-page, appended 16 at a
+    // time as a busy partition does (large writes make large page-cache folios, which
+    // a fault maps whole): five sealed segments and some of the active one.
+    let body = vec![batch(16, 1000, (64 << 10) + 100); 16];
+    for round in 0..48u64 {
+        let entries: Vec<NewEntry<'_>> = (0..16u64)
+            .map(|i| data(round * 16 + i + 1, &body[i as usize]))
+            .collect();
+        log.append(&entries).expect("append");
+    }
     assert!(log.segment_base_offsets().len() >= 6, "segments rolled");
     let end = log.next_offset();
 
@@ -757,8 +765,8 @@ fn replaying_sealed_segments_does_not_keep_them_resident() {
     drop(again);
 
     // Without the release every page read stays mapped: all 48 MiB. Releasing whole
-    // pages only still left 480 KiB: a fault also maps the cached pages around it,
-    // behind the read (see `mapped::release`). Now nothing read stays.
+    // pages, or 64 KiB blocks, still left 7.8 MB: a fault also maps the cached pages
+    // around it, beyond the read (see `mapped::release`). Now nothing read stays.
     let bound = 64 << 10;
     assert!(
         after_reads < bound && after_entries < bound,
