@@ -136,15 +136,20 @@ fn page_size() -> usize {
 /// the whole large folio a page sits in, which large writes make up to that size.
 const FAULT_BLOCK: usize = 2 << 20;
 
-/// `madvise(MADV_DONTNEED)` over the bytes, rounded out to [`FAULT_BLOCK`]s and
-/// clipped to `region`, the whole mapping they lie in.
+/// `madvise(MADV_DONTNEED)` over the bytes, from the start of the [`FAULT_BLOCK`] they
+/// begin in (clipped to `region`, the whole mapping) to the end of their last page.
 ///
-/// Rounding out costs little: what is released is re-read from the page cache if
-/// touched again, a whole folio per fault. Rounding in, or only to pages, leaks: a
-/// read's faults also map cached pages before and after it, which neighbouring reads
-/// have released or never release (whole pages left ~5% of a replayed log resident,
-/// 64 KiB blocks 16% when the log was written in 1 MiB appends). Clipping to `region`
-/// matters: past the mapping may lie anonymous memory, which `MADV_DONTNEED` zeroes.
+/// Only whole pages leak: a read's faults also map cached pages around it, which the
+/// previous read had already released (whole pages left ~5% of a replayed log
+/// resident, 64 KiB blocks 16% when it was written in 1 MiB appends). What a read's
+/// faults map before it lies in the block it starts in, released here; what they map
+/// past its end is released by the next read, which starts there. Only where a reader
+/// stops can up to one block stay mapped, until a later read passes. Not rounding the
+/// end out keeps a release off the reads queued behind it (a fetch stream reads ahead),
+/// which would have to fault their pages in again. Rounding back is harmless, as a
+/// released page is re-read from the page cache if touched again; clipping to
+/// `region` matters, as before the mapping may lie anonymous memory, which
+/// `MADV_DONTNEED` would zero.
 fn release(bytes: &[u8], region: &Range<usize>) {
     if bytes.is_empty() {
         return;
@@ -152,7 +157,7 @@ fn release(bytes: &[u8], region: &Range<usize>) {
     let from = bytes.as_ptr() as usize;
     let start = (from & !(FAULT_BLOCK - 1)).max(region.start);
     let end = (from + bytes.len())
-        .next_multiple_of(FAULT_BLOCK)
+        .next_multiple_of(page_size())
         .min(region.end);
     if start >= end {
         return;
