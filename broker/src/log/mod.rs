@@ -5,6 +5,8 @@
 //! - [`index`]: the sparse offset/Raft-index and timestamp indexes.
 //! - [`store`]: [`Log`], the ordered segments; rolls, truncation, purge, retention.
 //! - [`reader`]: walking mapped frames for reads, without the log's lock.
+//! - [`mapped`]: the segment mappings, and releasing the pages a read touched once
+//!   it is served, so resident memory does not grow with the backlog.
 //! - [`commit`]: group commit, so one `fdatasync` covers every waiting append.
 //! - [`retention`]: which old segments go.
 //!
@@ -15,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod index;
+pub mod mapped;
 pub mod reader;
 pub mod retention;
 pub mod segment;

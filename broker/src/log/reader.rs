@@ -2,7 +2,9 @@
 //!
 //! The log finds where to start under its lock and hands over views (mapped bytes up to
 //! each segment's size); these functions walk frames from there, verifying every
-//! frame's CRC so a damaged frame is never served.
+//! frame's CRC so a damaged frame is never served. What they hand out are slices of one
+//! window per segment over the bytes the walk read, so those pages leave the process's
+//! resident set once the caller drops them (see [`super::mapped`]).
 
 use std::ops::{ControlFlow, Range};
 
@@ -30,35 +32,67 @@ impl ReadBatches {
 }
 
 /// Walks frames from `start` in the first view, then through the following views.
+/// `visit` gets the index of the view a frame is in. Returns, for each view entered,
+/// the bytes read there: from where the walk began in it to the end of the last frame
+/// parsed (also when the walk fails).
 fn walk(
     views: &[SegmentView],
     start: usize,
-    mut visit: impl FnMut(&SegmentView, &FrameRef, Option<&BatchHeader>) -> ControlFlow<()>,
-) -> Result<(), LogError> {
+    mut visit: impl FnMut(usize, &FrameRef, Option<&BatchHeader>) -> ControlFlow<()>,
+) -> (Vec<Range<usize>>, Result<(), LogError>) {
+    let mut touched: Vec<Range<usize>> = Vec::new();
     for (i, view) in views.iter().enumerate() {
         let mut pos = if i == 0 { start } else { 0 };
+        touched.push(pos..pos);
         while pos < view.bytes.len() {
             let corrupt = |detail: &str| LogError::Corrupt {
                 path: (*view.path).clone(),
                 position: pos as u64,
                 detail: detail.to_string(),
             };
-            let f =
-                frame::parse(&view.bytes, pos, true).map_err(|_| corrupt("frame fails its CRC"))?;
+            let f = match frame::parse(&view.bytes, pos, true) {
+                Ok(f) => f,
+                Err(_) => return (touched, Err(corrupt("frame fails its CRC"))),
+            };
+            if let Some(t) = touched.last_mut() {
+                t.end = f.end();
+            }
             let batch = match f.kind {
-                EntryKind::Data => Some(
-                    BatchHeader::parse(&view.bytes[f.payload_range()])
-                        .map_err(|_| corrupt("stored batch unreadable"))?,
-                ),
+                EntryKind::Data => match BatchHeader::parse(&view.bytes[f.payload_range()]) {
+                    Ok(h) => Some(h),
+                    Err(_) => return (touched, Err(corrupt("stored batch unreadable"))),
+                },
                 _ => None,
             };
-            if visit(view, &f, batch.as_ref()).is_break() {
-                return Ok(());
+            if visit(i, &f, batch.as_ref()).is_break() {
+                return (touched, Ok(()));
             }
             pos = f.end();
         }
     }
-    Ok(())
+    (touched, Ok(()))
+}
+
+/// One window per view a walk read, to slice what it found from. Dropping the last
+/// slice of a window (or the window unused) releases its pages.
+struct Windows(Vec<(usize, Bytes)>);
+
+impl Windows {
+    fn new(views: &[SegmentView], touched: Vec<Range<usize>>) -> Self {
+        Self(
+            views
+                .iter()
+                .zip(touched)
+                .map(|(view, range)| (range.start, view.bytes.window(range)))
+                .collect(),
+        )
+    }
+
+    /// The bytes at `range` of view `view`, which the walk read.
+    fn slice(&self, view: usize, range: Range<usize>) -> Bytes {
+        let (start, window) = &self.0[view];
+        window.slice(range.start - start..range.end - start)
+    }
 }
 
 /// Batches holding offsets in `[from, upto)`, stopping once `max_bytes` is reached
@@ -70,12 +104,10 @@ pub fn read_batches(
     upto: u64,
     max_bytes: usize,
 ) -> Result<ReadBatches, LogError> {
-    let mut out = ReadBatches {
-        batches: Vec::new(),
-        next_offset: from,
-    };
+    let mut found: Vec<(usize, Range<usize>)> = Vec::new();
+    let mut next_offset = from;
     let mut bytes = 0usize;
-    let walked = walk(views, start, |view, f, batch| {
+    let (touched, walked) = walk(views, start, |i, f, batch| {
         let Some(h) = batch else {
             return ControlFlow::Continue(());
         };
@@ -84,18 +116,25 @@ pub fn read_batches(
         if next <= from {
             return ControlFlow::Continue(());
         }
-        if base >= upto || (!out.batches.is_empty() && bytes + f.payload_len > max_bytes) {
+        if base >= upto || (!found.is_empty() && bytes + f.payload_len > max_bytes) {
             return ControlFlow::Break(());
         }
-        out.batches.push(view.bytes.slice(f.payload_range()));
-        out.next_offset = next;
+        found.push((i, f.payload_range()));
+        next_offset = next;
         bytes += f.payload_len;
         ControlFlow::Continue(())
     });
+    let windows = Windows::new(views, touched);
     match walked {
-        Err(e) if out.batches.is_empty() => Err(e),
+        Err(e) if found.is_empty() => Err(e),
         // Serve what was good; the next read from here reports the damage.
-        _ => Ok(out),
+        _ => Ok(ReadBatches {
+            batches: found
+                .into_iter()
+                .map(|(i, range)| windows.slice(i, range))
+                .collect(),
+            next_offset,
+        }),
     }
 }
 
@@ -106,24 +145,29 @@ pub fn read_entries(
     range: Range<u64>,
     max_bytes: usize,
 ) -> Result<Vec<Frame>, LogError> {
-    let mut out: Vec<Frame> = Vec::new();
+    let mut found: Vec<(usize, FrameRef)> = Vec::new();
     let mut bytes = 0usize;
-    walk(views, start, |view, f, _| {
+    let (touched, walked) = walk(views, start, |i, f, _| {
         if f.id.index < range.start {
             return ControlFlow::Continue(());
         }
-        if f.id.index >= range.end || (!out.is_empty() && bytes + f.payload_len > max_bytes) {
+        if f.id.index >= range.end || (!found.is_empty() && bytes + f.payload_len > max_bytes) {
             return ControlFlow::Break(());
         }
         bytes += f.payload_len;
-        out.push(Frame {
+        found.push((i, *f));
+        ControlFlow::Continue(())
+    });
+    let windows = Windows::new(views, touched);
+    walked?;
+    Ok(found
+        .into_iter()
+        .map(|(i, f)| Frame {
             id: f.id,
             kind: f.kind,
-            payload: view.bytes.slice(f.payload_range()),
-        });
-        ControlFlow::Continue(())
-    })?;
-    Ok(out)
+            payload: windows.slice(i, f.payload_range()),
+        })
+        .collect())
 }
 
 /// The first batch whose max timestamp is at or after `ts`, as stored.
@@ -133,12 +177,14 @@ pub fn find_batch_at_time(
     ts: i64,
 ) -> Result<Option<Bytes>, LogError> {
     let mut found = None;
-    walk(views, start, |view, f, batch| match batch {
+    let (touched, walked) = walk(views, start, |i, f, batch| match batch {
         Some(h) if h.max_timestamp >= ts => {
-            found = Some(view.bytes.slice(f.payload_range()));
+            found = Some((i, f.payload_range()));
             ControlFlow::Break(())
         }
         _ => ControlFlow::Continue(()),
-    })?;
-    Ok(found)
+    });
+    let windows = Windows::new(views, touched);
+    walked?;
+    Ok(found.map(|(i, range)| windows.slice(i, range)))
 }

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use sluice_proto::batch::BatchHeader;
 use sluice_proto::batch::header::{BATCH_LENGTH, LEADER_EPOCH};
 
 use super::LogError;
 use super::frame::{self, EntryId, EntryKind, FRAME_HEADER_LEN, FrameRef, MAX_PAYLOAD_LEN};
 use super::index::{Index, IndexDefect, OffsetEntry, TimeEntry};
+use super::mapped::Mapping;
 
 /// An entry to append. Data payloads are record batches; the log stamps their base
 /// offset and leader epoch (the Raft term) as it writes them.
@@ -86,8 +86,9 @@ impl Tail {
 pub struct SegmentView {
     pub base_offset: u64,
     pub path: Arc<PathBuf>,
-    /// Exactly the segment's valid frames.
-    pub bytes: Bytes,
+    /// Exactly the segment's valid frames. Hand out what a read walked as slices of
+    /// one [`Mapping::window`], so its pages leave the resident set afterwards.
+    pub bytes: Mapping,
 }
 
 pub struct Segment {
@@ -97,7 +98,7 @@ pub struct Segment {
     time_index_path: PathBuf,
     file: Arc<File>,
     /// A mapping of the `.log` file, possibly longer than the file.
-    map: Bytes,
+    map: Mapping,
     size: u64,
     /// Length of the file on disk; at least `size` (a truncation leaves a hole).
     file_len: u64,
@@ -156,7 +157,8 @@ impl Segment {
             Index::create(&index_path).map_err(|e| LogError::io("create index", &index_path, e))?;
         let time_index = Index::create(&time_index_path)
             .map_err(|e| LogError::io("create index", &time_index_path, e))?;
-        let map = map_file(&file, segment_bytes).map_err(|e| LogError::io("map", &log_path, e))?;
+        let map =
+            Mapping::map(&file, segment_bytes).map_err(|e| LogError::io("map", &log_path, e))?;
         Ok(Self {
             base_offset,
             log_path: Arc::new(log_path),
@@ -214,8 +216,8 @@ impl Segment {
         } else {
             file_len
         };
-        let map = map_file(&file, map_len).map_err(|e| LogError::io("map", &log_path, e))?;
-        let data = map.slice(..file_len as usize);
+        let map = Mapping::map(&file, map_len).map_err(|e| LogError::io("map", &log_path, e))?;
+        let data = map.slice(0..file_len as usize);
 
         let prev_last = prev.and_then(|t| t.last_id);
         let loaded = Index::<OffsetEntry>::load(&index_path, file_len)
@@ -292,6 +294,8 @@ impl Segment {
             }
         };
         let end = seg.scan(&data, from, true)?;
+        // Recovery read these pages once; a rebuild may have walked the whole segment.
+        data.release(from..end);
         seg.size = end as u64;
         if end < data.len() {
             let rest = &data[end..];
@@ -511,7 +515,7 @@ impl Segment {
     fn remap(&mut self, needed: u64) -> Result<(), LogError> {
         let len = needed.max(self.map_len_hint).max(self.map.len() as u64 * 2);
         self.map =
-            map_file(&self.file, len).map_err(|e| LogError::io("map", &*self.log_path, e))?;
+            Mapping::map(&self.file, len).map_err(|e| LogError::io("map", &*self.log_path, e))?;
         Ok(())
     }
 
@@ -587,14 +591,17 @@ impl Segment {
         let Some(keep_through) = keep_through else {
             return Ok((0, fresh));
         };
-        let data = self.map.slice(..self.size as usize);
+        let data = self.map.slice(0..self.size as usize);
         let (mut pos, mut tail) = match self.index.last_where(|e| e.raft_index <= keep_through) {
             Some(e) => (e.position as usize, self.tail_at_index_point(&e)),
             None => (0, fresh),
         };
+        let walk_from = pos;
+        let mut walked = pos;
         while pos < data.len() {
             let f = frame::parse(&data, pos, true)
                 .map_err(|_| self.corrupt(pos as u64, "frame unreadable"))?;
+            walked = f.end();
             if f.id.index > keep_through {
                 break;
             }
@@ -613,6 +620,9 @@ impl Segment {
             }
             pos = f.end();
         }
+        // Asked after every commit (the high watermark), so over time this walks the
+        // whole log: leave none of it resident.
+        data.release(walk_from..walked);
         Ok((pos as u64, tail))
     }
 
@@ -645,7 +655,7 @@ impl Segment {
         SegmentView {
             base_offset: self.base_offset,
             path: self.log_path.clone(),
-            bytes: self.map.slice(..self.size as usize),
+            bytes: self.map.slice(0..self.size as usize),
         }
     }
 
@@ -719,20 +729,6 @@ fn index_entry_matches(data: &[u8], base_offset: u64, e: &OffsetEntry) -> bool {
             .is_ok_and(|h| h.base_offset as u64 == base_offset + u64::from(e.relative_offset)),
         _ => true,
     }
-}
-
-/// Maps `len` bytes of `file` read-only. The mapping may extend past the file's end;
-/// callers only touch bytes below it.
-fn map_file(file: &File, len: u64) -> io::Result<Bytes> {
-    if len == 0 {
-        return Ok(Bytes::new());
-    }
-    let len = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: the broker is the only writer of its data directory; it writes with
-    // pwrite (which the shared page cache makes visible here) and never shrinks a
-    // file below bytes it has handed out, so no read through this mapping faults.
-    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
-    Ok(Bytes::from_owner(map))
 }
 
 /// Writes all of `slices` at `offset`, as few `pwritev` calls as the kernel allows.

@@ -678,3 +678,99 @@ fn garbage_after_the_frames_of_an_older_segment_is_corruption() {
         Err(LogError::Corrupt { .. })
     ));
 }
+
+/// Bytes of this process's mappings of `.log` files under `dir` that are resident
+/// (the `Rss:` lines of /proc/self/smaps), i.e. what reads left in `RssFile`.
+fn resident_log_bytes(dir: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    let mut ours = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            ours = path.starts_with(dir) && path.ends_with(".log");
+        } else if ours && first == "Rss:" {
+            kib += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("Rss value");
+        }
+    }
+    kib * 1024
+}
+
+#[test]
+fn replaying_sealed_segments_does_not_keep_them_resident() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 8 * MIB,
+        segment_age: None,
+        index_interval_bytes: 4096,
+        retention: RetentionPolicy::default(),
+    };
+    let log = Log::open(dir.path(), config).expect("open");
+    // 48 MiB in batches of 64 KiB and a bit, so reads end mid-page, appended 16 at a
+    // time as a busy partition does (large writes make large page-cache folios, which
+    // a fault maps whole): five sealed segments and some of the active one.
+    let body = vec![batch(16, 1000, (64 << 10) + 100); 16];
+    for round in 0..48u64 {
+        let entries: Vec<NewEntry<'_>> = (0..16u64)
+            .map(|i| data(round * 16 + i + 1, &body[i as usize]))
+            .collect();
+        log.append(&entries).expect("append");
+    }
+    assert!(log.segment_base_offsets().len() >= 6, "segments rolled");
+    let end = log.next_offset();
+
+    // Replay from offset 0 in 1 MiB reads, as a fetch stream does.
+    let mut offset = 0;
+    let mut reads = 0;
+    while offset < end {
+        let read = log.read(offset, MIB as usize, end).expect("read");
+        assert!(!read.batches.is_empty(), "progress at {offset}");
+        if reads == 10 {
+            // While a read is held its pages are mapped: the measure sees them.
+            assert!(
+                resident_log_bytes(dir.path()) >= MIB / 2,
+                "a held read shows as resident"
+            );
+        }
+        offset = read.next_offset;
+        reads += 1;
+    }
+    let after_reads = resident_log_bytes(dir.path());
+
+    // The Raft path (replication and apply) reads the same bytes by entry.
+    let last = log.last_id().expect("entries").index;
+    let mut index = 1;
+    while index <= last {
+        let frames = log.entries(index..last + 1, MIB as usize).expect("entries");
+        index = frames.last().expect("an entry").id.index + 1;
+    }
+    let after_entries = resident_log_bytes(dir.path());
+
+    // A batch read more than once is still served; the page cache kept it.
+    let again = log.read(0, MIB as usize, end).expect("read again");
+    assert_eq!(
+        BatchHeader::parse(&again.batches[0])
+            .expect("parse")
+            .base_offset,
+        0
+    );
+    drop(again);
+
+    // Without the release every page read stays mapped: all 48 MiB. Releasing whole
+    // pages, or 64 KiB blocks, still left 7.8 MB: a fault also maps the cached pages
+    // around it, beyond the read (see `mapped::release`). Now nothing read stays.
+    let bound = 64 << 10;
+    assert!(
+        after_reads < bound && after_entries < bound,
+        "segment pages left resident: {after_reads} bytes after reads, \
+         {after_entries} after entries (bound {bound})"
+    );
+}
