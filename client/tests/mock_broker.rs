@@ -7,8 +7,8 @@
 #[path = "support/mock.rs"]
 mod mock;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -589,4 +589,119 @@ async fn admin_lists_alters_and_deletes() {
     let info = within(admin.cluster_info()).await.unwrap();
     assert_eq!(info.brokers.len(), 1);
     assert_eq!(info.controller.unwrap().addr, addr);
+}
+
+/// A coordinator slower to answer a commit than the auto-commit interval (a loaded
+/// one) must not make a revocation wait behind a queue of stale automatic commits:
+/// with one sent per interval regardless, the queue grew for as long as the member
+/// read, and the revoked partition's final commit (and so its release to the new
+/// owner) waited behind all of them.
+#[tokio::test]
+async fn a_revocation_waits_for_at_most_one_automatic_commit_under_slow_commits() {
+    const COMMIT_DELAY: Duration = Duration::from_millis(200);
+    let (cluster, conn) = one_broker_with_topic("t", 2).await;
+    {
+        let mut st = cluster.state();
+        st.group.target = BTreeSet::from([("t".to_string(), 0), ("t".to_string(), 1)]);
+        st.group.commit_delay = COMMIT_DELAY;
+    }
+    let producer = Producer::new(
+        conn.clone(),
+        ProducerConfig {
+            acks: Acks::Leader,
+            ..producer_config()
+        },
+    )
+    .unwrap();
+    // Records keep coming, so every automatic commit has positions to send.
+    let producing = tokio::spawn(async move {
+        loop {
+            for p in 0..2 {
+                let sent = producer.send(ProducerRecord::new("t", "v").partition(p));
+                if let Ok(delivery) = sent.await {
+                    drop(delivery);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let config = ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        enable_auto_commit: true,
+        auto_commit_interval: Duration::from_millis(10),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(conn, config).unwrap();
+    consumer.subscribe("g", ["t"]).unwrap();
+    let consuming = tokio::spawn(async move {
+        loop {
+            if let Some(Err(e)) = consumer.recv().await {
+                panic!("recv: {e}");
+            }
+        }
+    });
+    let owns = |want: &[u32]| {
+        let want: BTreeSet<(String, u32)> = want.iter().map(|p| ("t".to_string(), *p)).collect();
+        let st = cluster.state();
+        !st.group.owned.is_empty() && st.group.owned.values().all(|o| *o == want)
+    };
+    within(async {
+        while !owns(&[0, 1]) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Read for a while: dozens of intervals, a handful of commits' time.
+    tokio::time::sleep(COMMIT_DELAY * 10).await;
+    let revoked_at = Instant::now();
+    cluster.state().group.target = BTreeSet::from([("t".to_string(), 0)]);
+    let deadline = revoked_at + Duration::from_secs(15);
+    while !owns(&[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "partition 1 not released {:?} after its revocation; {} commits answered since",
+            revoked_at.elapsed(),
+            cluster
+                .state()
+                .group
+                .commits
+                .iter()
+                .filter(|(_, at)| *at > revoked_at)
+                .count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released_after = revoked_at.elapsed();
+    consuming.abort();
+    producing.abort();
+    let st = cluster.state();
+    let (_, told_at) = st
+        .group
+        .assignments
+        .iter()
+        .find(|(a, at)| *at > revoked_at && a.len() == 1)
+        .expect("the revocation was sent");
+    let since: Vec<_> = st
+        .group
+        .commits
+        .iter()
+        .filter(|(_, at)| at > told_at)
+        .map(|(offsets, _)| offsets.clone())
+        .collect();
+    println!(
+        "released {released_after:?} after the revocation, {} commits answered after the \
+         member was told",
+        since.len()
+    );
+    // The automatic commit under way, perhaps one more sent before the member applied
+    // the revocation, then the final commit of partition 1.
+    assert!(
+        since.len() <= 3,
+        "released after {released_after:?}, behind {} commits: {since:?}",
+        since.len()
+    );
+    assert!(
+        since.iter().flatten().any(|(t, p, _)| t == "t" && *p == 1),
+        "partition 1 is committed before it is released: {since:?}"
+    );
 }

@@ -116,6 +116,8 @@ pub struct Consumer {
     /// The last offset committed (or sent to be) per partition.
     committed: BTreeMap<TopicPartition, u64>,
     last_auto_commit: Instant,
+    /// The answer to the automatic commit under way, if one is: there is at most one.
+    auto_commit_in_flight: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -133,6 +135,8 @@ enum Wake {
     Group(Option<GroupEvent>),
     /// The oldest revocation's final commit was answered.
     Revoked(Result<()>),
+    /// The automatic commit under way was answered.
+    AutoCommitted(Result<()>),
     Timer,
 }
 
@@ -158,6 +162,7 @@ impl Consumer {
             revoking: Default::default(),
             committed: BTreeMap::new(),
             last_auto_commit: Instant::now(),
+            auto_commit_in_flight: None,
         })
     }
 
@@ -317,6 +322,7 @@ impl Consumer {
                         (tp, event) = self.session.next_event() => Wake::Fetch(tp, event),
                         event = g.events.recv() => Wake::Group(event),
                         done = subscription::next_revoked(&mut self.revoking) => Wake::Revoked(done),
+                        done = subscription::auto_commit_answered(&mut self.auto_commit_in_flight) => Wake::AutoCommitted(done),
                         () = sleep_until(due) => Wake::Timer,
                     }
                 }
@@ -332,6 +338,10 @@ impl Consumer {
                     "the consumer's group membership stopped".into(),
                 )),
                 Wake::Revoked(done) => self.release_revoked(done),
+                Wake::AutoCommitted(done) => {
+                    self.note_auto_committed(done);
+                    Ok(())
+                }
                 Wake::Timer => Ok(()),
             };
             if let Err(e) = handled {

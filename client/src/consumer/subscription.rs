@@ -35,6 +35,17 @@ pub(super) async fn next_revoked(revoking: &mut VecDeque<Revocation>) -> Result<
     }
 }
 
+/// The outcome of the automatic commit under way, when it comes. Cancel-safe; the
+/// caller must clear `in_flight` once this returns.
+pub(super) async fn auto_commit_answered(
+    in_flight: &mut Option<oneshot::Receiver<Result<()>>>,
+) -> Result<()> {
+    match in_flight {
+        Some(answer) => group::committed(answer.await),
+        None => std::future::pending().await,
+    }
+}
+
 impl Consumer {
     /// Joins consumer group `group` to read `topics`: the group's coordinator shares
     /// their partitions among its members, and `recv` reads this member's share,
@@ -97,6 +108,7 @@ impl Consumer {
         self.committed.clear();
         self.target = None;
         self.last_auto_commit = Instant::now();
+        self.auto_commit_in_flight = None;
         let coordinator = Coordinator::new(self.conn.clone(), group);
         self.group = Some(GroupMember::join(coordinator, subscription, &self.config));
         Ok(())
@@ -147,6 +159,7 @@ impl Consumer {
         self.session.stop_all();
         self.parts.clear();
         self.target = None;
+        self.auto_commit_in_flight = None;
         let left = g.leave().await;
         committed.and(left)
     }
@@ -223,16 +236,42 @@ impl Consumer {
             .collect())
     }
 
-    /// When the next automatic commit is due, if auto-commit is on.
+    /// When the next automatic commit is due, if auto-commit is on and none is
+    /// under way (the next one waits for its answer: see [`Consumer::auto_commit`]).
     pub(super) fn auto_commit_due(&self) -> Option<Instant> {
-        self.config
-            .enable_auto_commit
+        (self.config.enable_auto_commit && self.auto_commit_in_flight.is_none())
             .then(|| self.last_auto_commit + self.config.auto_commit_interval)
     }
 
+    /// The automatic commit under way was answered.
+    pub(super) fn note_auto_committed(&mut self, answer: Result<()>) {
+        self.auto_commit_in_flight = None;
+        if let Err(e) = answer {
+            tracing::warn!(%e, "automatic commit failed");
+        }
+    }
+
     /// Sends (without waiting) the positions that moved since they were last
-    /// committed, if an automatic commit is due.
+    /// committed, if an automatic commit is due and none is under way.
+    ///
+    /// One at a time: commits are sent in order, one after another, so when a commit
+    /// takes longer than the interval (a loaded coordinator), queueing one per
+    /// interval would grow the queue without bound, and the final commit of a
+    /// revocation, queued behind them all, would hold the partition back from its new
+    /// owner for ever longer. The commit sent after the answer covers every position
+    /// that moved meanwhile.
     fn auto_commit(&mut self) -> Result<()> {
+        if let Some(answer) = self.auto_commit_in_flight.as_mut() {
+            use oneshot::error::TryRecvError;
+            let answered = match answer.try_recv() {
+                Ok(outcome) => outcome,
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Closed) => Err(ClientError::Closed(
+                    "the consumer's committer stopped".into(),
+                )),
+            };
+            self.note_auto_committed(answered);
+        }
         if self
             .auto_commit_due()
             .is_none_or(|due| Instant::now() < due)
@@ -248,7 +287,8 @@ impl Consumer {
         if moved.is_empty() {
             return Ok(());
         }
-        self.member()?.commit_async(moved.clone())?;
+        let answer = self.member()?.commit_then(moved.clone())?;
+        self.auto_commit_in_flight = Some(answer);
         self.note_committed(&moved);
         Ok(())
     }

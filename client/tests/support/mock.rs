@@ -1,18 +1,21 @@
 //! An in-process mock of the `sluice.v1` service for client and CLI tests: a fake
 //! cluster of one or more brokers sharing in-memory partition logs, with fault
-//! injection (stale metadata, produce errors, withheld replies). Shared by
+//! injection (stale metadata, produce errors, withheld replies), and a group
+//! coordinator for one consumer group whose assignment the test dictates. Shared by
 //! `client/tests/mock_broker.rs` and `tools/tests/cli.rs` through `#[path]`.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 use sluice_proto::batch::Batch;
 use sluice_proto::batch::header::stamp_base_offset;
 use sluice_proto::v1;
+use sluice_proto::v1::group_coordinator_server::{GroupCoordinator, GroupCoordinatorServer};
 use sluice_proto::v1::sluice_server::{Sluice, SluiceServer};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -41,6 +44,47 @@ pub struct ClusterState {
     pub produce_requests: u64,
     /// Producer ids handed out so far (the next one is this number).
     pub producer_ids: i64,
+    /// The consumer group every group request is about, whatever its id.
+    pub group: MockGroup,
+}
+
+/// Offsets of one commit: (topic, partition, offset).
+pub type CommitOffsets = Vec<(String, u32, u64)>;
+
+/// A consumer group as the mock coordinates it: every member is assigned `target`
+/// (tests run one member), and commits take `commit_delay` to answer.
+#[derive(Debug, Default)]
+pub struct MockGroup {
+    /// (topic, partition) the members may own; changing it revokes or assigns.
+    pub target: BTreeSet<(String, u32)>,
+    pub epoch: i32,
+    /// What each member reported owning in its latest heartbeat.
+    pub owned: BTreeMap<String, BTreeSet<(String, u32)>>,
+    /// Every assignment sent in a heartbeat reply, and when.
+    pub assignments: Vec<(BTreeSet<(String, u32)>, Instant)>,
+    pub offsets: BTreeMap<(String, u32), u64>,
+    pub commit_delay: Duration,
+    /// Every commit answered: its offsets, and when it was answered.
+    pub commits: Vec<(CommitOffsets, Instant)>,
+}
+
+fn from_wire(tps: &[v1::TopicPartitions]) -> BTreeSet<(String, u32)> {
+    tps.iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
+        .collect()
+}
+
+fn to_wire(tps: &BTreeSet<(String, u32)>) -> Vec<v1::TopicPartitions> {
+    let mut out: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in tps {
+        out.entry(t).or_default().push(*p);
+    }
+    out.into_iter()
+        .map(|(topic, partitions)| v1::TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
 }
 
 #[derive(Clone)]
@@ -78,9 +122,14 @@ impl Cluster {
             id,
             cluster: self.clone(),
         };
+        let coordinator = MockBroker {
+            id,
+            cluster: self.clone(),
+        };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(SluiceServer::new(service))
+                .add_service(GroupCoordinatorServer::new(coordinator))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         addr
@@ -502,5 +551,118 @@ impl Sluice for MockBroker {
             producer_epoch: 0,
             error: None,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl GroupCoordinator for MockBroker {
+    async fn find_coordinator(
+        &self,
+        _req: Request<v1::FindCoordinatorRequest>,
+    ) -> Result<Response<v1::FindCoordinatorResponse>, Status> {
+        let addr = self.cluster.state().brokers[&self.id].clone();
+        Ok(Response::new(v1::FindCoordinatorResponse {
+            coordinator: Some(v1::Broker { id: self.id, addr }),
+            error: None,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let mut st = self.cluster.state();
+        let group = &mut st.group;
+        let owned = from_wire(&req.owned);
+        group.owned.insert(req.member_id.clone(), owned.clone());
+        if req.member_epoch == 0 || owned != group.target {
+            group.epoch += 1;
+        }
+        if owned != group.target {
+            let sent = (group.target.clone(), Instant::now());
+            group.assignments.push(sent);
+        }
+        Ok(Response::new(v1::HeartbeatResponse {
+            member_id: req.member_id,
+            member_epoch: group.epoch,
+            heartbeat_interval_ms: 50,
+            assignment: (owned != group.target).then(|| v1::Assignment {
+                partitions: to_wire(&group.target),
+            }),
+            error: None,
+        }))
+    }
+
+    async fn offset_commit(
+        &self,
+        req: Request<v1::OffsetCommitRequest>,
+    ) -> Result<Response<v1::OffsetCommitResponse>, Status> {
+        let delay = self.cluster.state().group.commit_delay;
+        tokio::time::sleep(delay).await;
+        let offsets: CommitOffsets = req
+            .into_inner()
+            .offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect();
+        let mut st = self.cluster.state();
+        for (t, p, o) in &offsets {
+            st.group.offsets.insert((t.clone(), *p), *o);
+        }
+        st.group.commits.push((offsets, Instant::now()));
+        Ok(Response::new(v1::OffsetCommitResponse { error: None }))
+    }
+
+    async fn offset_fetch(
+        &self,
+        req: Request<v1::OffsetFetchRequest>,
+    ) -> Result<Response<v1::OffsetFetchResponse>, Status> {
+        let wanted = from_wire(&req.into_inner().partitions);
+        let st = self.cluster.state();
+        let offsets = st
+            .group
+            .offsets
+            .iter()
+            .filter(|(tp, _)| wanted.is_empty() || wanted.contains(*tp))
+            .map(|((topic, partition), offset)| v1::CommittedOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(v1::OffsetFetchResponse {
+            offsets,
+            error: None,
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _req: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("the mock does not list groups"))
+    }
+
+    async fn describe_group(
+        &self,
+        _req: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        Err(Status::unimplemented("the mock does not describe groups"))
+    }
+
+    async fn delete_group(
+        &self,
+        _req: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("the mock does not delete groups"))
+    }
+
+    async fn reset_offsets(
+        &self,
+        _req: Request<v1::ResetOffsetsRequest>,
+    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
+        Err(Status::unimplemented("the mock does not reset offsets"))
     }
 }
