@@ -114,16 +114,6 @@ impl Verdict {
             &self.divergent,
             self.divergent.len(),
         );
-        report(
-            "committed offset(s) that went backward",
-            &self.commits_backward,
-            self.commits_backward.len(),
-        );
-        report(
-            "committed offset(s) past the end of the log",
-            &self.commits_past_end,
-            self.commits_past_end.len(),
-        );
         if EXACTLY_ONCE {
             report(
                 "duplicate(s) with exactly-once on",
@@ -135,6 +125,31 @@ impl Verdict {
                 &self.reordered,
                 self.reordered.len(),
             );
+        }
+        out
+    }
+
+    /// What the consumer group's committed offsets broke, as sentences; empty when
+    /// they only went forward and stayed within the log.
+    pub fn commit_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, list) in [
+            (
+                "committed offset(s) that went backward",
+                &self.commits_backward,
+            ),
+            (
+                "committed offset(s) past the end of the log",
+                &self.commits_past_end,
+            ),
+        ] {
+            if !list.is_empty() {
+                out.push(format!(
+                    "{} {what}, e.g. {:?}",
+                    list.len(),
+                    &list[..list.len().min(EXAMPLES)]
+                ));
+            }
         }
         out
     }
@@ -360,7 +375,7 @@ mod tests {
         let mut v = Verdict::default();
         let parts = replicated(&["a", "b", "c"]);
         check_commits(&mut v, &commits(&[(0, &[0, 1, 1, 3])]), &parts);
-        assert!(v.problems().is_empty(), "{:?}", v.problems());
+        assert!(v.commit_problems().is_empty(), "{:?}", v.commit_problems());
         assert_eq!(v.commit_samples, 4);
     }
 
@@ -373,7 +388,7 @@ mod tests {
             v.commits_backward,
             vec!["partition 0: 2 after 3".to_string()]
         );
-        assert_eq!(v.problems().len(), 1);
+        assert_eq!(v.commit_problems().len(), 1);
     }
 
     #[test]
@@ -381,7 +396,7 @@ mod tests {
         let mut v = Verdict::default();
         let parts = replicated(&["a", "b"]);
         check_commits(&mut v, &commits(&[(0, &[1, 5])]), &parts);
-        assert_eq!(v.commits_past_end.len(), 1, "{:?}", v.problems());
+        assert_eq!(v.commits_past_end.len(), 1, "{:?}", v.commit_problems());
     }
 
     fn acked(value: &str, offset: u64) -> Op {

@@ -169,6 +169,13 @@ impl Scenario {
         if !problems.is_empty() {
             self.fail(&problems.join("\n"));
         }
+        // Reported, not yet failed on: the rolling restart once saw a partition's
+        // committed offset go from 62 back to 10 (a member given the partition after
+        // coordinator moves apparently found no commit and reset to earliest). Open in
+        // issue 7; make this fail like the rest once that is fixed.
+        for p in verdict.commit_problems() {
+            println!("{}: OPEN BUG, committed offsets: {p}", self.name);
+        }
         if verdict.acked == 0 {
             self.fail("nothing was acknowledged: the scenario tested nothing");
         }
