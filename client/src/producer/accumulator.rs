@@ -209,34 +209,26 @@ impl Accumulator {
         Some(base.saturating_add(bumps))
     }
 
+    /// Whether `batch` carries a stamp of an epoch its partition has since left.
+    pub fn stamped_in_abandoned_epoch(&self, batch: &ProducerBatch) -> bool {
+        let current = self.epoch_of(&batch.topic, batch.partition);
+        matches!((batch.stamp, current), (Some((e, _)), Some(c)) if e < c)
+    }
+
     /// Abandons the partition's current epoch: a batch of it failed for good, so its
     /// sequence has a gap the broker would never accept past. Later batches (and
     /// retries of batches the broker refused) are re-stamped from sequence 0 under
-    /// the next epoch.
-    pub fn bump_epoch(&mut self, topic: &str, partition: u32) {
+    /// the next epoch. Returns the queued batches that may already be stored under
+    /// the epoch left behind: they can be neither resent as they are (the broker has
+    /// moved on) nor re-stamped (a second copy), so the caller fails them.
+    #[must_use = "stranded batches must be completed"]
+    pub fn bump_epoch(&mut self, topic: &str, partition: u32) -> Vec<ProducerBatch> {
         let q = self.queue_mut(topic, partition);
         q.epoch_bumps = q.epoch_bumps.saturating_add(1);
         q.next_seq = 0;
-    }
-
-    /// Removes the partition's queued batches that may already be stored under an
-    /// epoch it has left: they can be neither resent as they are (the broker has moved
-    /// on) nor re-stamped (a second copy), so they fail.
-    pub fn take_stranded(&mut self, topic: &str, partition: u32) -> Vec<ProducerBatch> {
-        let Some(p) = self.producer else {
-            return Vec::new();
-        };
-        let Some(q) = self
-            .topics
-            .get_mut(topic)
-            .and_then(|t| t.get_mut(&partition))
-        else {
-            return Vec::new();
-        };
-        let epoch = p.epoch.saturating_add(q.epoch_bumps);
         let (stranded, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut q.batches)
             .into_iter()
-            .partition(|b| b.maybe_stored && b.stamp.is_some_and(|(e, _)| e < epoch));
+            .partition(|b| b.maybe_stored && b.stamp.is_some());
         q.batches = keep;
         for b in &stranded {
             self.incomplete.remove(&b.id);
@@ -709,7 +701,10 @@ mod tests {
         let (mut out, _) = acc.drain_ready(t0, 5);
         // The first batch fails for good; the others come back for a retry.
         acc.complete("t", 0, out[0].id);
-        acc.bump_epoch("t", 0);
+        assert!(
+            acc.bump_epoch("t", 0).is_empty(),
+            "nothing failed ambiguously, so nothing is stranded"
+        );
         assert_eq!(acc.epoch_of("t", 0), Some(1));
         let third = out.pop().expect("third");
         let second = out.pop().expect("second");

@@ -327,7 +327,7 @@ impl Sender {
         let config = &self.shared.config;
         let retriable = err.is_retriable() || err.is_stale_metadata() || sequence_retry;
         let expired = now.duration_since(batch.created) >= config.delivery_timeout;
-        if batch.maybe_stored && self.stamped_in_abandoned_epoch(&batch) {
+        if batch.maybe_stored && self.shared.state().acc.stamped_in_abandoned_epoch(&batch) {
             return self.finish(batch, Err(stranded(err)));
         }
         if retriable && batch.attempts <= config.retries && !expired {
@@ -367,18 +367,15 @@ impl Sender {
     /// Whether a sequence error can be cured by sending the batch again: out of
     /// order (an earlier batch is being resent), or stamped under an epoch the
     /// partition has left (it is re-stamped). A producer the partition forgot moves
-    /// the partition to a new epoch first.
+    /// the partition to a new epoch first, as a batch failing for good does.
     fn sequence_retry(&self, batch: &ProducerBatch, err: &ClientError) -> bool {
-        let acc = &mut self.shared.state().acc;
-        let current = acc.epoch_of(&batch.topic, batch.partition);
-        let stale = matches!((batch.stamp, current), (Some((e, _)), Some(c)) if e < c);
         match err {
             ClientError::OutOfOrderSequence { .. } => true,
-            ClientError::ProducerFenced { .. } => stale,
+            ClientError::ProducerFenced { .. } => {
+                self.shared.state().acc.stamped_in_abandoned_epoch(batch)
+            }
             ClientError::UnknownProducer { .. } => {
-                if !stale {
-                    acc.bump_epoch(&batch.topic, batch.partition);
-                }
+                self.abandon_epoch(batch);
                 true
             }
             _ => false,
@@ -392,11 +389,8 @@ impl Sender {
         let stranded_batches = {
             let acc = &mut self.shared.state().acc;
             match (batch.stamp, acc.epoch_of(&batch.topic, batch.partition)) {
-                (Some((e, _)), Some(c)) if e == c => {
-                    acc.bump_epoch(&batch.topic, batch.partition);
-                    acc.take_stranded(&batch.topic, batch.partition)
-                }
-                _ => Vec::new(),
+                (Some((e, _)), Some(c)) if e == c => acc.bump_epoch(&batch.topic, batch.partition),
+                _ => return,
             }
         };
         if stranded_batches.is_empty() {
@@ -408,16 +402,6 @@ impl Sender {
             })));
         }
         self.shared.completed.notify_waiters();
-    }
-
-    /// Whether the batch carries a stamp of an epoch its partition has left.
-    fn stamped_in_abandoned_epoch(&self, batch: &ProducerBatch) -> bool {
-        let current = self
-            .shared
-            .state()
-            .acc
-            .epoch_of(&batch.topic, batch.partition);
-        matches!((batch.stamp, current), (Some((e, _)), Some(c)) if e < c)
     }
 
     /// Completes a batch for good.
