@@ -44,6 +44,13 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
         .expect("test step timed out")
 }
 
+/// Sends `record` and waits for its acknowledgement.
+async fn acked(producer: &Producer, record: ProducerRecord) -> sluice_client::RecordMetadata {
+    within(within(producer.send(record)).await.unwrap())
+        .await
+        .unwrap()
+}
+
 /// A one-broker mock cluster with topic `topic`, and a connection to it.
 async fn one_broker_with_topic(topic: &str, partitions: u32) -> (Cluster, Connection) {
     let cluster = Cluster::new();
@@ -184,13 +191,7 @@ async fn stale_leaders_and_controllers_are_followed_by_hint() {
     assert_eq!(conn.metadata().leader("t", 0).unwrap().id, 1);
 
     let producer = Producer::new(conn.clone(), producer_config()).unwrap();
-    let md = within(
-        within(producer.send(ProducerRecord::new("t", "v")))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let md = acked(&producer, ProducerRecord::new("t", "v")).await;
     assert_eq!(md.offset, 0);
     // The hint patched the cache.
     assert_eq!(conn.metadata().leader("t", 0).unwrap().addr, b);
@@ -284,13 +285,7 @@ async fn fatal_produce_errors_fail_the_records() {
     let err = within(ack).await.unwrap_err();
     assert!(matches!(err, ClientError::BatchTooLarge { .. }), "{err}");
     // The producer carries on.
-    let md = within(
-        within(producer.send(ProducerRecord::new("t", "ok")))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let md = acked(&producer, ProducerRecord::new("t", "ok")).await;
     assert_eq!(md.offset, 0);
     // The failed batch left a gap in epoch 0's sequence: the partition moved on.
     assert_eq!(stamps(&cluster, "t", 0), vec![(0, 1, 0, 1)]);
@@ -334,13 +329,7 @@ async fn a_batch_that_may_be_stored_is_never_resent_under_a_new_epoch() {
         matches!(&err, ClientError::Timeout { message } if message.contains("outcome unknown")),
         "{err}"
     );
-    let md = within(
-        within(producer.send(ProducerRecord::new("t", "r2")))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let md = acked(&producer, ProducerRecord::new("t", "r2")).await;
     assert_eq!(md.offset, 0);
     assert_eq!(stamps(&cluster, "t", 0), vec![(0, 1, 0, 1)]);
 }
@@ -452,13 +441,7 @@ async fn following_consumers_get_records_as_they_commit() {
         },
     )
     .unwrap();
-    within(
-        within(producer.send(ProducerRecord::new("t", "old").partition(0)))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    acked(&producer, ProducerRecord::new("t", "old").partition(0)).await;
 
     let mut consumer = Consumer::new(conn, ConsumerConfig::default()).unwrap();
     let tps = within(consumer.assign_topic("t")).await.unwrap();
@@ -478,13 +461,7 @@ async fn following_consumers_get_records_as_they_commit() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (p, v) in [(0, "a"), (1, "b"), (0, "c"), (1, "d")] {
-        within(
-            within(producer.send(ProducerRecord::new("t", v).partition(p)))
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        acked(&producer, ProducerRecord::new("t", v).partition(p)).await;
     }
     let mut got = within(consuming).await.unwrap();
     got.sort();
