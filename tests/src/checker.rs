@@ -86,12 +86,7 @@ impl Verdict {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut report = |what: &str, list: &[String], total: usize| {
-            if total > 0 {
-                out.push(format!(
-                    "{total} {what}, e.g. {:?}",
-                    &list[..list.len().min(EXAMPLES)]
-                ));
-            }
+            out.extend(sentence(what, list, total));
         };
         report("acknowledged record(s) lost", &self.lost, self.lost.len());
         report(
@@ -132,8 +127,7 @@ impl Verdict {
     /// What the consumer group's committed offsets broke, as sentences; empty when
     /// they only went forward and stayed within the log.
     pub fn commit_problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (what, list) in [
+        [
             (
                 "committed offset(s) that went backward",
                 &self.commits_backward,
@@ -142,16 +136,10 @@ impl Verdict {
                 "committed offset(s) past the end of the log",
                 &self.commits_past_end,
             ),
-        ] {
-            if !list.is_empty() {
-                out.push(format!(
-                    "{} {what}, e.g. {:?}",
-                    list.len(),
-                    &list[..list.len().min(EXAMPLES)]
-                ));
-            }
-        }
-        out
+        ]
+        .into_iter()
+        .filter_map(|(what, list)| sentence(what, list, list.len()))
+        .collect()
     }
 
     /// Lost records: the number the summary table reports.
@@ -175,6 +163,16 @@ impl Verdict {
             self.commit_samples,
         )
     }
+}
+
+/// "`total` `what`, e.g. [the first few of `list`]", unless `total` is 0.
+fn sentence(what: &str, list: &[String], total: usize) -> Option<String> {
+    (total > 0).then(|| {
+        format!(
+            "{total} {what}, e.g. {:?}",
+            &list[..list.len().min(EXAMPLES)]
+        )
+    })
 }
 
 /// Judges what the consumer group committed against the agreed logs: per partition,

@@ -110,18 +110,17 @@ impl BrokerProcess {
                 self.child = Some(child);
             }
             Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
                 // Stdout closed early means the process ended: say how, not "slow".
                 let how = match e {
                     mpsc::RecvTimeoutError::Timeout => {
                         format!("did not start within {START_TIMEOUT:?}")
                     }
                     mpsc::RecvTimeoutError::Disconnected => {
-                        let _ = child.kill();
-                        format!("exited while starting ({:?})", child.wait())
+                        format!("exited while starting ({status:?})")
                     }
                 };
-                let _ = child.kill();
-                let _ = child.wait();
                 let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
                     .unwrap_or_default();
                 panic!("broker {} {how}; its log:\n{log}", self.node_id);

@@ -8,7 +8,7 @@
 //! with `checker::EXACTLY_ONCE` on (idempotent producers), no duplicate and each
 //! producer's records in the order it sent them. A consumer group reads along and
 //! commits; the committed offsets it was answered must never go backward nor pass
-//! the end of the log.
+//! the end of the log (reported, not yet failed on: see `Scenario::judge`).
 //!
 //! Each scenario prints one row of the summary table (scenario, acknowledged, lost,
 //! duplicated, failed sends, read by the group, committed offsets sampled, seed). The random one prints its seed first; rerun it
