@@ -30,13 +30,29 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_test-sluice");
 /// The tests each run three brokers; on a small machine they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Three brokers. Three partitions of `__consumer_offsets` (one led by each broker)
-/// rather than the default six: every partition is a Raft group, and these tests
-/// are about what groups do, not how many shards hold them.
-fn start_cluster(root: &std::path::Path) -> Cluster {
-    let mut cluster = Cluster::new(BROKER, root, 3).with_args(&["--offsets-topic-partitions", "3"]);
+/// What a test holds while it runs: its turn (the tests run one at a time), the data
+/// directory, three brokers and a connection to them. Bound in that order, they are
+/// dropped in reverse: the brokers before their directory, the turn last.
+type Held = (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Cluster,
+    Connection,
+);
+
+/// Waits for this test's turn, starts three brokers and creates `topic` (replication
+/// factor 3). Three partitions of `__consumer_offsets` (one led by each broker) rather
+/// than the default six: every partition is a Raft group, and these tests are about
+/// what groups do, not how many shards hold them.
+async fn start_with_topic(topic: &str, partitions: u32) -> Held {
+    let serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster =
+        Cluster::new(BROKER, dir.path(), 3).with_args(&["--offsets-topic-partitions", "3"]);
     cluster.start_stopped();
-    cluster
+    let conn = connect(&cluster).await;
+    create_topic(&conn, topic, partitions).await;
+    (serial, dir, cluster, conn)
 }
 
 fn producer(conn: &Connection) -> Producer {
@@ -365,12 +381,8 @@ async fn sluice(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_share_twelve_partitions_and_read_every_record_once() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "shared";
-    create_topic(&conn, TOPIC, 12).await;
+    let (_serial, _dir, _cluster, conn) = start_with_topic(TOPIC, 12).await;
     produce(&producer(&conn), TOPIC, 12, 100).await;
     // At least 100 each; more where a produce was retried.
     let ends = end_offsets(&Admin::new(conn.clone()), TOPIC, 12).await;
@@ -425,13 +437,9 @@ async fn three_members_share_twelve_partitions_and_read_every_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_members_partitions_resume_from_its_last_commit() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
-    let admin = Admin::new(conn.clone());
     const TOPIC: &str = "crash";
-    create_topic(&conn, TOPIC, 6).await;
+    let (_serial, _dir, _cluster, conn) = start_with_topic(TOPIC, 6).await;
+    let admin = Admin::new(conn.clone());
     let session = Some(Duration::from_secs(6));
     let mut members: Vec<Member> = ["a", "b", "victim"]
         .into_iter()
@@ -526,13 +534,9 @@ async fn a_crashed_members_partitions_resume_from_its_last_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_cli_member_is_replaced_within_the_default_session_timeout() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "cli-crash";
     const GROUP: &str = "mixed";
-    create_topic(&conn, TOPIC, 6).await;
+    let (_serial, _dir, cluster, conn) = start_with_topic(TOPIC, 6).await;
     let admin = Admin::new(conn.clone());
     // Default session timeout (10 s) and heartbeat interval (1 s) everywhere.
     let bootstrap = cluster.addrs().join(",");
@@ -696,12 +700,8 @@ async fn a_killed_cli_member_is_replaced_within_the_default_session_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_pauses_only_the_partitions_that_move() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "joining";
-    create_topic(&conn, TOPIC, 12).await;
+    let (_serial, _dir, _cluster, conn) = start_with_topic(TOPIC, 12).await;
     let mut members: Vec<Member> = ["a", "b", "c"]
         .into_iter()
         .map(|n| Member::start(&conn, n, "joiners", TOPIC, Commits::Auto, None))
@@ -815,12 +815,8 @@ async fn a_joining_member_pauses_only_the_partitions_that_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_a_restart_of_every_broker() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "durable";
-    create_topic(&conn, TOPIC, 4).await;
+    let (_serial, _dir, mut cluster, conn) = start_with_topic(TOPIC, 4).await;
     produce(&producer(&conn), TOPIC, 4, 100).await;
     let admin = Admin::new(conn.clone());
     let ends = end_offsets(&admin, TOPIC, 4).await;
@@ -878,13 +874,9 @@ async fn committed_offsets_survive_a_restart_of_every_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_offsets_to_earliest_replays_the_whole_topic() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "replay";
     const GROUP: &str = "replayers";
-    create_topic(&conn, TOPIC, 4).await;
+    let (_serial, _dir, cluster, conn) = start_with_topic(TOPIC, 4).await;
     produce(&producer(&conn), TOPIC, 4, 50).await;
     let ends = end_offsets(&Admin::new(conn.clone()), TOPIC, 4).await;
     let total: u64 = ends.iter().sum();
@@ -1145,13 +1137,9 @@ async fn a_pattern_subscription_picks_up_new_topics_and_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_keep_their_partitions_when_the_coordinator_fails() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = start_cluster(dir.path());
-    let conn = connect(&cluster).await;
     const TOPIC: &str = "steady";
     const GROUP: &str = "steadfast";
-    create_topic(&conn, TOPIC, 6).await;
+    let (_serial, _dir, mut cluster, conn) = start_with_topic(TOPIC, 6).await;
     let mut members: Vec<Member> = ["a", "b"]
         .into_iter()
         .map(|n| Member::start(&conn, n, GROUP, TOPIC, Commits::Auto, None))
