@@ -643,7 +643,7 @@ async fn a_revocation_waits_for_at_most_one_automatic_commit_under_slow_commits(
                 .group
                 .commits
                 .iter()
-                .filter(|(_, at)| *at > revoked_at)
+                .filter(|c| c.at > revoked_at)
                 .count()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -662,8 +662,8 @@ async fn a_revocation_waits_for_at_most_one_automatic_commit_under_slow_commits(
         .group
         .commits
         .iter()
-        .filter(|(_, at)| at > told_at)
-        .map(|(offsets, _)| offsets.clone())
+        .filter(|c| c.at > *told_at)
+        .map(|c| c.offsets.clone())
         .collect();
     println!(
         "released {released_after:?} after the revocation, {} commits answered after the \
@@ -680,5 +680,69 @@ async fn a_revocation_waits_for_at_most_one_automatic_commit_under_slow_commits(
     assert!(
         since.iter().flatten().any(|(t, p, _)| t == "t" && *p == 1),
         "partition 1 is committed before it is released: {since:?}"
+    );
+}
+
+/// A commit asked for before the member was removed from the group carries the epoch
+/// it was asked under, even when it is sent after the member rejoined (same id, new
+/// epoch): positions read under the old membership must be fenced by the coordinator.
+/// Stamped when sent, a stale commit passed for the new membership and could move a
+/// partition's committed offset back past what another member had committed since.
+#[tokio::test]
+async fn a_commit_queued_before_removal_keeps_the_epoch_it_was_asked_under() {
+    let (cluster, conn) = one_broker_with_topic("t", 1).await;
+    let target = BTreeSet::from([("t".to_string(), 0)]);
+    {
+        let mut st = cluster.state();
+        st.group.target = target.clone();
+        st.group.commit_delay = Duration::from_millis(300);
+    }
+    let producer = Producer::new(conn.clone(), producer_config()).unwrap();
+    for _ in 0..3 {
+        acked(&producer, ProducerRecord::new("t", "v").partition(0)).await;
+    }
+    let config = ConsumerConfig {
+        auto_offset_reset: OffsetReset::Earliest,
+        enable_auto_commit: false,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(conn, config).unwrap();
+    consumer.subscribe("g", ["t"]).unwrap();
+    within(consumer.recv()).await.unwrap().unwrap();
+    // Settled: the member reports what it was given, and has heard the epoch since.
+    within(async {
+        while cluster.state().group.owned.values().all(|o| *o != target) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cluster.state().group.epoch;
+    consumer.commit_async().unwrap();
+    consumer.commit_async().unwrap();
+    cluster.state().group.expel_next = true;
+    within(async {
+        loop {
+            {
+                let st = cluster.state();
+                if st.group.commits.len() >= 2 && st.group.epoch > before {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let epochs: Vec<i32> = cluster
+        .state()
+        .group
+        .commits
+        .iter()
+        .map(|c| c.member_epoch)
+        .collect();
+    assert_eq!(
+        epochs,
+        vec![before, before],
+        "both commits were asked for at epoch {before}"
     );
 }

@@ -121,12 +121,13 @@ impl Verdict {
                 self.reordered.len(),
             );
         }
+        out.extend(self.commit_problems());
         out
     }
 
     /// What the consumer group's committed offsets broke, as sentences; empty when
     /// they only went forward and stayed within the log.
-    pub fn commit_problems(&self) -> Vec<String> {
+    fn commit_problems(&self) -> Vec<String> {
         [
             (
                 "committed offset(s) that went backward",
@@ -386,7 +387,7 @@ mod tests {
             v.commits_backward,
             vec!["partition 0: 2 after 3".to_string()]
         );
-        assert_eq!(v.commit_problems().len(), 1);
+        assert_eq!(v.problems().len(), 1);
     }
 
     #[test]

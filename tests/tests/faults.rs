@@ -8,7 +8,7 @@
 //! with `checker::EXACTLY_ONCE` on (idempotent producers), no duplicate and each
 //! producer's records in the order it sent them. A consumer group reads along and
 //! commits; the committed offsets it was answered must never go backward nor pass
-//! the end of the log (reported, not yet failed on: see `Scenario::judge`).
+//! the end of the log.
 //!
 //! Each scenario prints one row of the summary table (scenario, acknowledged, lost,
 //! duplicated, failed sends, read by the group, committed offsets sampled, seed). The random one prints its seed first; rerun it
@@ -168,13 +168,6 @@ impl Scenario {
         let problems = verdict.problems();
         if !problems.is_empty() {
             self.fail(&problems.join("\n"));
-        }
-        // Reported, not yet failed on: the rolling restart once saw a partition's
-        // committed offset go from 62 back to 10 (a member given the partition after
-        // coordinator moves apparently found no commit and reset to earliest). Open in
-        // issue 7; make this fail like the rest once that is fixed.
-        for p in verdict.commit_problems() {
-            println!("{}: OPEN BUG, committed offsets: {p}", self.name);
         }
         if verdict.acked == 0 {
             self.fail("nothing was acknowledged: the scenario tested nothing");

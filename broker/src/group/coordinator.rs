@@ -8,7 +8,9 @@
 //!
 //! Must never answer for a group whose shard it does not lead (`NotCoordinator`), and
 //! never answer before what the answer reflects is durable: every change goes through
-//! [`Shard::update`], which answers once the change's records are written.
+//! [`Shard::update`], which answers once the change's records are written, and every
+//! read of offsets or groups through [`Shard::read`], which also confirms that this
+//! broker still leads (a cut-off leader would otherwise answer from stale memory).
 //!
 //! Liveness is judged by when a member's request *arrived*, not when it was handled:
 //! requests may queue behind writes, and a member whose heartbeat is waiting is alive.
@@ -364,18 +366,17 @@ impl GroupCoordinator {
     ) -> Result<Vec<(TopicPartition, Committed)>, GroupError> {
         let shard = self.shard(group)?;
         shard
-            .update(|loaded| {
+            .read(|loaded| {
                 let Some(all) = loaded.offsets.group(group) else {
-                    return Ok((Vec::new(), Vec::new()));
+                    return Ok(Vec::new());
                 };
-                let found = match partitions {
+                Ok(match partitions {
                     None => all.iter().map(|(tp, c)| (tp.clone(), c.clone())).collect(),
                     Some(wanted) => wanted
                         .into_iter()
                         .filter_map(|tp| all.get(&tp).map(|c| (tp, c.clone())))
                         .collect(),
-                };
-                Ok((found, Vec::new()))
+                })
             })
             .await
     }
@@ -383,7 +384,7 @@ impl GroupCoordinator {
     pub async fn describe(&self, group: &str) -> Result<GroupDescription, GroupError> {
         let shard = self.shard(group)?;
         shard
-            .update(|loaded| {
+            .read(|loaded| {
                 let offsets = loaded.offsets.group(group).cloned();
                 let state = loaded.groups.get(group);
                 if state.is_none() && offsets.is_none() {
@@ -398,7 +399,7 @@ impl GroupCoordinator {
                         .unwrap_or_default(),
                     offsets: offsets.unwrap_or_default(),
                 };
-                Ok((d, Vec::new()))
+                Ok(d)
             })
             .await
     }
@@ -418,7 +419,7 @@ impl GroupCoordinator {
             }
             let shard = self.shard_for(index, partition);
             let listed = shard
-                .update(|loaded| {
+                .read(|loaded| {
                     let ids: BTreeSet<&String> = loaded
                         .groups
                         .keys()
@@ -435,7 +436,7 @@ impl GroupCoordinator {
                             }
                         })
                         .collect();
-                    Ok((summaries, Vec::new()))
+                    Ok(summaries)
                 })
                 .await;
             match listed {

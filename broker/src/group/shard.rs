@@ -157,6 +157,31 @@ impl Shard {
         Ok(out)
     }
 
+    /// Answers from the loaded state without changing it, once what `look` saw is
+    /// durable and this broker is confirmed to still lead in the term it loaded in: a
+    /// leader cut off from the others keeps its state, and must not answer from it
+    /// (an older committed offset) after another leader took commits.
+    pub async fn read<T>(
+        &self,
+        look: impl FnOnce(&Loaded) -> Result<T, GroupError>,
+    ) -> Result<T, GroupError> {
+        let (out, ticket, term) = {
+            let mut guard = self.lock().await?;
+            let loaded = guard.state()?;
+            let term = loaded.term;
+            (look(loaded)?, guard.enqueue(Vec::new()), term)
+        };
+        self.wait(ticket).await?;
+        let replica = &self.partition.replica;
+        replica.confirm_leadership().await?;
+        if replica.term() != term {
+            return Err(GroupError::NotCoordinator {
+                leader: replica.leader_node(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Like [`Shard::update`] for a change that writes nothing, when `answer` says its
     /// result tells the client nothing it could not have known already (so it need
     /// not wait for other requests' writes): a heartbeat that changes nothing.

@@ -33,11 +33,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::alias::OneshotReceiverOf;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError};
+use openraft::errors::{
+    ClientWriteError, Fatal, ForwardToLeader, InitializeError, LinearizableReadError, RaftError,
+};
 use openraft::impls::ProgressResponder;
 use openraft::metrics::WaitError;
 use openraft::raft::ClientWriteResult;
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, LinearizerOption, SnapshotPolicy};
 use sluice_proto::batch::{BatchHeader, HeaderError};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -461,6 +463,28 @@ impl Replica {
         self.ensure_leader()?;
         self.settled_term()?;
         Ok(self.high_watermark())
+    }
+
+    /// Confirms that this replica still leads: a quorum acknowledged it within the
+    /// leader lease (if not, it asks them again and waits up to a lease). What a leader
+    /// keeps in memory may be read only after this: a leader cut off from the others
+    /// does not know at once that another was elected and took writes.
+    pub async fn confirm_leadership(&self) -> Result<(), ReplicaError> {
+        match self
+            .raft
+            .get_read_linearizer(LinearizerOption::new(None, true))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f))
+            }
+            // Cut off from a quorum: it may no longer lead, and cannot tell who does.
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                Err(ReplicaError::NotLeader { leader: None })
+            }
+            Err(RaftError::Fatal(f)) => Err(self.fatal(f)),
+        }
     }
 
     /// A receiver that changes whenever the high watermark moves (long-poll fetches).

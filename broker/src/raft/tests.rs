@@ -347,6 +347,24 @@ impl Server {
     }
 }
 
+/// Three Raft transports on loopback, the membership naming them (ids 1 to 3), and a
+/// data directory for each.
+async fn three_nodes() -> (Vec<Server>, BTreeMap<NodeId, BasicNode>, Vec<TempDir>) {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Server::start().await);
+    }
+    let members = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64 + 1, BasicNode::new(s.addr.to_string())))
+        .collect();
+    let dirs = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    (servers, members, dirs)
+}
+
 async fn wait_for_new_leader(replicas: &[&Replica], old: NodeId, within: Duration) -> NodeId {
     let deadline = Instant::now() + within;
     loop {
@@ -373,18 +391,7 @@ async fn wait_for_new_leader(replicas: &[&Replica], old: NodeId, within: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_over_grpc_replicate_and_fail_over() {
     let started = Instant::now();
-    let mut servers = Vec::new();
-    for _ in 0..3 {
-        servers.push(Server::start().await);
-    }
-    let members: BTreeMap<NodeId, BasicNode> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64 + 1, BasicNode::new(s.addr.to_string())))
-        .collect();
-    let dirs: Vec<TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
+    let (mut servers, members, dirs) = three_nodes().await;
     let mut replicas = Vec::new();
     for (i, server) in servers.iter().enumerate() {
         let spec = ReplicaSpec::new(11, i as u64 + 1, dirs[i].path(), members.clone())
@@ -486,21 +493,59 @@ async fn three_replicas_over_grpc_replicate_and_fail_over() {
     eprintln!("three replica test took {:?}", started.elapsed());
 }
 
+/// A leader cut off from both followers still believes it leads for a while (openraft
+/// steps down only when it hears of a higher term); reads of what it keeps in memory
+/// must not be served then, since the followers may elect another and take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_cannot_confirm_its_leadership() {
+    let (mut servers, members, dirs) = three_nodes().await;
+    let mut replicas = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let spec = ReplicaSpec::new(31, i as u64 + 1, dirs[i].path(), members.clone())
+            .log_config(small_log())
+            .tuning(fast_tuning());
+        let replica = Replica::start(spec, &server.registry, &Network::default())
+            .await
+            .expect("start");
+        replicas.push(replica);
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = wait_for_new_leader(&all, u64::MAX, Duration::from_secs(5)).await;
+    let li = leader as usize - 1;
+    replicas[li]
+        .confirm_leadership()
+        .await
+        .expect("a leader with its quorum confirms");
+
+    // The followers' transports go away: nothing reaches them any more.
+    let leader_server = servers.remove(li);
+    for s in servers {
+        s.stop().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match replicas[li].confirm_leadership().await {
+            Err(ReplicaError::NotLeader { .. }) => break,
+            Err(e) => panic!("expected NotLeader, got {e}"),
+            Ok(()) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a leader cut off for 10 s still confirms its leadership"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    for r in replicas {
+        r.shutdown().await.expect("shutdown");
+    }
+    leader_server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_follower_catches_up_from_a_snapshot_after_the_leader_purged() {
     let started = Instant::now();
-    let mut servers = Vec::new();
-    for _ in 0..3 {
-        servers.push(Server::start().await);
-    }
-    let members: BTreeMap<NodeId, BasicNode> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64 + 1, BasicNode::new(s.addr.to_string())))
-        .collect();
-    let dirs: Vec<TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
+    let (servers, members, dirs) = three_nodes().await;
     let spec = |i: usize| {
         ReplicaSpec::new(21, i as u64 + 1, dirs[i].path(), members.clone())
             .log_config(small_log())

@@ -8,7 +8,9 @@
 //!   released without waiting a whole interval). Removed from the group (session
 //!   expired, fenced), it reports that and rejoins.
 //! - The committer sends commits one at a time, in the order they were asked for, so
-//!   an older asynchronous commit never lands after a newer one.
+//!   an older asynchronous commit never lands after a newer one. Each carries the
+//!   member id and epoch of when it was asked for: positions read under a membership
+//!   that has since ended must be fenced, not committed under the next one.
 //!
 //! The consumer (`mod.rs`) acts on the events inside `recv`; nothing here touches
 //! fetching. Dropping a [`GroupMember`] stops both tasks without leaving the group
@@ -79,7 +81,7 @@ impl Shared {
 }
 
 struct CommitJob {
-    offsets: Vec<v1::CommitOffset>,
+    request: v1::OffsetCommitRequest,
     reply: Option<oneshot::Sender<Result<()>>>,
 }
 
@@ -125,11 +127,7 @@ impl GroupMember {
             }
             .run(),
         );
-        let committer = tokio::spawn(run_committer(
-            coordinator.clone(),
-            shared.clone(),
-            commit_rx,
-        ));
+        let committer = tokio::spawn(run_committer(coordinator.clone(), commit_rx));
         Self {
             coordinator,
             shared,
@@ -207,8 +205,17 @@ impl GroupMember {
                 metadata: o.metadata,
             })
             .collect();
+        // Stamped now, not when sent: if the member is removed and rejoins (same id,
+        // new epoch) while this waits, the coordinator must refuse it.
+        let (member_id, member_epoch) = self.shared.identity();
+        let request = v1::OffsetCommitRequest {
+            group_id: self.group().to_string(),
+            member_id,
+            member_epoch,
+            offsets,
+        };
         self.commits
-            .send(CommitJob { offsets, reply })
+            .send(CommitJob { request, reply })
             .map_err(|_| ClientError::Closed("the consumer's committer stopped".into()))
     }
 
@@ -258,17 +265,10 @@ fn new_member_id() -> String {
 
 async fn run_committer(
     coordinator: Arc<Coordinator>,
-    shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<CommitJob>,
 ) {
     while let Some(job) = jobs.recv().await {
-        let (member_id, member_epoch) = shared.identity();
-        let req = v1::OffsetCommitRequest {
-            group_id: coordinator.group().to_string(),
-            member_id,
-            member_epoch,
-            offsets: job.offsets,
-        };
+        let req = job.request;
         let result = coordinator
             .call(|mut c| {
                 let req = req.clone();

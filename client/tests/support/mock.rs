@@ -51,6 +51,15 @@ pub struct ClusterState {
 /// Offsets of one commit: (topic, partition, offset).
 pub type CommitOffsets = Vec<(String, u32, u64)>;
 
+/// A commit the mock answered.
+#[derive(Debug, Clone)]
+pub struct AnsweredCommit {
+    pub offsets: CommitOffsets,
+    /// The member epoch the commit carried.
+    pub member_epoch: i32,
+    pub at: Instant,
+}
+
 /// A consumer group as the mock coordinates it: every member is assigned `target`
 /// (tests run one member), and commits take `commit_delay` to answer.
 #[derive(Debug, Default)]
@@ -64,8 +73,10 @@ pub struct MockGroup {
     pub assignments: Vec<(BTreeSet<(String, u32)>, Instant)>,
     pub offsets: BTreeMap<(String, u32), u64>,
     pub commit_delay: Duration,
-    /// Every commit answered: its offsets, and when it was answered.
-    pub commits: Vec<(CommitOffsets, Instant)>,
+    /// Every commit answered, in order.
+    pub commits: Vec<AnsweredCommit>,
+    /// Answer the next heartbeat with UNKNOWN_MEMBER_ID (the member was removed).
+    pub expel_next: bool,
 }
 
 fn from_wire(tps: &[v1::TopicPartitions]) -> BTreeSet<(String, u32)> {
@@ -574,6 +585,12 @@ impl GroupCoordinator for MockBroker {
         let req = req.into_inner();
         let mut st = self.cluster.state();
         let group = &mut st.group;
+        if std::mem::take(&mut group.expel_next) {
+            return Ok(Response::new(v1::HeartbeatResponse {
+                error: error(v1::ErrorCode::UnknownMemberId, "removed", None),
+                ..Default::default()
+            }));
+        }
         let owned = from_wire(&req.owned);
         group.owned.insert(req.member_id.clone(), owned.clone());
         if req.member_epoch == 0 || owned != group.target {
@@ -600,8 +617,9 @@ impl GroupCoordinator for MockBroker {
     ) -> Result<Response<v1::OffsetCommitResponse>, Status> {
         let delay = self.cluster.state().group.commit_delay;
         tokio::time::sleep(delay).await;
+        let req = req.into_inner();
+        let member_epoch = req.member_epoch;
         let offsets: CommitOffsets = req
-            .into_inner()
             .offsets
             .into_iter()
             .map(|o| (o.topic, o.partition, o.offset))
@@ -610,7 +628,11 @@ impl GroupCoordinator for MockBroker {
         for (t, p, o) in &offsets {
             st.group.offsets.insert((t.clone(), *p), *o);
         }
-        st.group.commits.push((offsets, Instant::now()));
+        st.group.commits.push(AnsweredCommit {
+            offsets,
+            member_epoch,
+            at: Instant::now(),
+        });
         Ok(Response::new(v1::OffsetCommitResponse { error: None }))
     }
 
