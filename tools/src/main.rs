@@ -1,6 +1,12 @@
 //! `sluice`, the admin CLI. Everything lives in the library (`sluice_tools`), so
 //! tests can run the same code.
 
+/// mimalloc rather than glibc's malloc: records are allocated on one thread and freed
+/// on another, and glibc's per-arena locks then showed up as futex contention in the
+/// produce path's profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     sluice_tools::run()
 }
