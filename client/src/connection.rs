@@ -143,15 +143,6 @@ impl Connection {
             .clone()
     }
 
-    fn metadata_age(&self) -> Option<Duration> {
-        self.inner
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .fetched
-            .map(|t| t.elapsed())
-    }
-
     fn update_metadata(&self, f: impl FnOnce(&mut ClusterMetadata)) {
         let mut snap = self
             .inner
@@ -242,27 +233,40 @@ impl Connection {
     /// have it. [`ClientError::UnknownTopic`] if the cluster does not have it either.
     /// A cache older than `metadata_max_age` is refreshed in the background.
     pub async fn topic(&self, name: &str) -> Result<Arc<TopicMetadata>> {
-        if let Some(t) = self.metadata().topic(name) {
-            if self
-                .metadata_age()
-                .is_some_and(|age| age > self.inner.config.metadata_max_age)
-                && !self.inner.aging_refresh.swap(true, Ordering::AcqRel)
-            {
-                let conn = self.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = conn.refresh_metadata().await {
-                        tracing::debug!(%err, "background metadata refresh failed");
-                    }
-                    conn.inner.aging_refresh.store(false, Ordering::Release);
-                });
-            }
-            return Ok(t.clone());
+        if let Some(t) = self.cached_topic(name) {
+            return Ok(t);
         }
         let metadata = self.refresh_metadata().await?;
         metadata
             .topic(name)
             .cloned()
             .ok_or_else(|| unknown_topic(name))
+    }
+
+    /// `topic`'s metadata if cached, without waiting; metadata older than
+    /// `metadata_max_age` is refreshed in the background meanwhile.
+    pub(crate) fn cached_topic(&self, name: &str) -> Option<Arc<TopicMetadata>> {
+        // One read of the lock, no clone of the whole snapshot: this runs per record.
+        let (t, fetched) = {
+            let snap = self
+                .inner
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            (snap.metadata.topic(name)?.clone(), snap.fetched)
+        };
+        if fetched.is_some_and(|at| at.elapsed() > self.inner.config.metadata_max_age)
+            && !self.inner.aging_refresh.swap(true, Ordering::AcqRel)
+        {
+            let conn = self.clone();
+            tokio::spawn(async move {
+                if let Err(err) = conn.refresh_metadata().await {
+                    tracing::debug!(%err, "background metadata refresh failed");
+                }
+                conn.inner.aging_refresh.store(false, Ordering::Release);
+            });
+        }
+        Some(t)
     }
 
     /// The leader of `topic`/`partition`: from the cache, or after one refresh.

@@ -241,28 +241,11 @@ impl Accumulator {
     }
 
     fn queue_mut(&mut self, topic: &str, partition: u32) -> &mut PartitionQueue {
-        if !self.topics.contains_key(topic) {
-            self.topics.insert(Arc::from(topic), HashMap::new());
-        }
-        self.topics
-            .get_mut(topic)
-            .map(|t| t.entry(partition).or_default())
-            .unwrap_or_else(|| unreachable!("inserted above"))
+        queue_in(&mut self.topics, topic, partition)
     }
 
     fn fits(&self, batch: &ProducerBatch, rec: &RecordData) -> bool {
-        match &batch.builder {
-            Some(b) if batch.open => {
-                b.is_empty()
-                    || b.encoded_len_with(
-                        rec.timestamp,
-                        rec.key.as_deref(),
-                        rec.value.as_deref(),
-                        &rec.headers,
-                    ) <= self.batch_bytes
-            }
-            _ => false,
-        }
+        fits(batch, rec, self.batch_bytes)
     }
 
     /// Whether appending `rec` to the partition would start a new batch (no open
@@ -284,22 +267,18 @@ impl Accumulator {
         rec: RecordData,
         memory: Option<OwnedSemaphorePermit>,
         tx: oneshot::Sender<Result<RecordMetadata>>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Result<Appended> {
         let batch_bytes = self.batch_bytes;
-        let fits = self
-            .queue(topic, partition)
-            .and_then(|q| q.batches.back())
-            .is_some_and(|last| self.fits(last, &rec));
         let pending = PendingRecord {
             timestamp: rec.timestamp,
             tx,
         };
-        if fits {
-            let q = self.queue_mut(topic, partition);
-            let Some(batch) = q.batches.back_mut() else {
-                unreachable!("fits() saw a last batch");
-            };
+        // One map lookup per record: this is the hot path of every send.
+        let q = queue_in(&mut self.topics, topic, partition);
+        if let Some(batch) = q.batches.back_mut()
+            && fits(batch, &rec, batch_bytes)
+        {
             push_record(batch, &rec, pending, memory)?;
             let full = batch.encoded_len() >= batch_bytes;
             if full {
@@ -325,7 +304,7 @@ impl Accumulator {
             )),
             payload: None,
             records: Vec::new(),
-            created: now,
+            created: now(),
             open: true,
             attempts: 0,
             stamp: None,
@@ -490,6 +469,38 @@ fn stamp_for_send(q: &mut PartitionQueue, batch: &mut ProducerBatch, p: Producer
     q.next_seq += records;
 }
 
+/// The queue of `topic`/`partition` in `topics`, created if missing.
+fn queue_in<'a>(
+    topics: &'a mut HashMap<Arc<str>, HashMap<u32, PartitionQueue>>,
+    topic: &str,
+    partition: u32,
+) -> &'a mut PartitionQueue {
+    if !topics.contains_key(topic) {
+        topics.insert(Arc::from(topic), HashMap::new());
+    }
+    match topics.get_mut(topic) {
+        Some(t) => t.entry(partition).or_default(),
+        None => unreachable!("inserted above"),
+    }
+}
+
+/// Whether `rec` may join `batch`: it is open and either empty or `rec` keeps it
+/// within `batch_bytes`.
+fn fits(batch: &ProducerBatch, rec: &RecordData, batch_bytes: usize) -> bool {
+    match &batch.builder {
+        Some(b) if batch.open => {
+            b.is_empty()
+                || b.encoded_len_with(
+                    rec.timestamp,
+                    rec.key.as_deref(),
+                    rec.value.as_deref(),
+                    &rec.headers,
+                ) <= batch_bytes
+        }
+        _ => false,
+    }
+}
+
 fn push_record(
     batch: &mut ProducerBatch,
     rec: &RecordData,
@@ -541,7 +552,7 @@ mod tests {
         now: Instant,
     ) -> (Appended, oneshot::Receiver<Result<RecordMetadata>>) {
         let (tx, rx) = oneshot::channel();
-        (acc.append("t", p, r, None, tx, now).unwrap(), rx)
+        (acc.append("t", p, r, None, tx, || now).unwrap(), rx)
     }
 
     #[test]
@@ -799,7 +810,7 @@ mod tests {
                 timestamp: ts,
                 ..rec(1)
             };
-            acc.append("t", 3, r, None, tx, t0).unwrap();
+            acc.append("t", 3, r, None, tx, || t0).unwrap();
             rxs.push(rx);
         }
         let (mut out, _) = acc.drain_ready(t0, 5);
@@ -869,7 +880,7 @@ mod tests {
         for _ in 0..2 {
             let permit = sem.clone().try_acquire_many_owned(30).unwrap();
             let (tx, _rx) = oneshot::channel();
-            acc.append("t", 0, rec(1), Some(permit), tx, t0).unwrap();
+            acc.append("t", 0, rec(1), Some(permit), tx, || t0).unwrap();
         }
         assert_eq!(sem.available_permits(), 40);
         let (mut out, _) = acc.drain_ready(t0, 1);

@@ -32,7 +32,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sluice_proto::batch::Header;
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot, watch};
 
 use crate::backoff::random_u64;
 use crate::config::{ClientConfig, ProducerConfig};
@@ -350,14 +350,19 @@ impl Producer {
             ));
         }
         let max_block = shared.config.max_block;
-        let topic = tokio::time::timeout(max_block, shared.conn.topic(&record.topic))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                message: format!(
-                    "no metadata for topic '{}' within max_block {max_block:?}",
-                    record.topic
-                ),
-            })??;
+        // The usual case, cached metadata and free buffer memory, waits for nothing and
+        // so sets no timer (which would read the clock for every record).
+        let topic = match shared.conn.cached_topic(&record.topic) {
+            Some(topic) => topic,
+            None => tokio::time::timeout(max_block, shared.conn.topic(&record.topic))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    message: format!(
+                        "no metadata for topic '{}' within max_block {max_block:?}",
+                        record.topic
+                    ),
+                })??,
+        };
         let rec = RecordData {
             timestamp: record.timestamp.unwrap_or_else(now_ms),
             key: record.key,
@@ -377,14 +382,19 @@ impl Producer {
                  raise buffer_memory or send smaller records"
             )));
         }
-        let permit = match tokio::time::timeout(
-            max_block,
-            shared.memory.clone().acquire_many_owned(charge as u32),
-        )
-        .await
-        {
+        let permit = match shared.memory.clone().try_acquire_many_owned(charge as u32) {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(TryAcquireError::Closed) => Ok(Err(())),
+            Err(TryAcquireError::NoPermits) => tokio::time::timeout(
+                max_block,
+                shared.memory.clone().acquire_many_owned(charge as u32),
+            )
+            .await
+            .map(|acquired| acquired.map_err(|_| ())),
+        };
+        let permit = match permit {
             Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(closed()),
+            Ok(Err(())) => return Err(closed()),
             Err(_) => {
                 return Err(ClientError::BufferFull(format!(
                     "no room for a {charge}-byte record in {buffer} bytes of buffer memory within \
@@ -400,14 +410,10 @@ impl Producer {
                 return Err(closed());
             }
             let partition = state.place(&topic, record.partition, &rec, &mut random_u64)?;
-            let appended = state.acc.append(
-                &topic.name,
-                partition,
-                rec,
-                Some(permit),
-                tx,
-                Instant::now(),
-            )?;
+            let appended =
+                state
+                    .acc
+                    .append(&topic.name, partition, rec, Some(permit), tx, Instant::now)?;
             appended.new_batch || appended.full
         };
         if wake {
@@ -502,7 +508,7 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         state
             .acc
-            .append(&t.name, p, rec, None, tx, Instant::now())
+            .append(&t.name, p, rec, None, tx, Instant::now)
             .unwrap();
         p
     }
