@@ -50,6 +50,13 @@ pub const WIRE_VERSION: u8 = 1;
 /// Largest Raft RPC either side accepts: room for one maximal entry plus framing.
 pub const MAX_RPC_BYTES: usize = 512 << 20;
 
+/// Least time an `AppendEntries` carrying entries gets. openraft gives every append
+/// the heartbeat interval (100 ms), but a follower answers one only after its fsync,
+/// which on a busy disk takes longer: the append then timed out and was sent again,
+/// and under load replication (and with it every acks=all write) stalled for seconds
+/// in retry storms. Heartbeats (no entries) keep the short limit.
+pub const APPEND_WITH_ENTRIES_MIN_TTL: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Error)]
 pub enum TransportError {
     #[error("Raft group {group_id} is not running on this broker")]
@@ -472,10 +479,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(APPEND_WITH_ENTRIES_MIN_TTL)
+        };
         let result: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> = async {
             let payload = encode(&rpc)?;
-            self.call(Rpc::AppendEntries, payload, option.hard_ttl())
-                .await
+            self.call(Rpc::AppendEntries, payload, ttl).await
         }
         .await
         .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, e))?;
