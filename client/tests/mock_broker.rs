@@ -746,3 +746,38 @@ async fn a_commit_queued_before_removal_keeps_the_epoch_it_was_asked_under() {
         "both commits were asked for at epoch {before}"
     );
 }
+
+/// `send_with` hands each record's outcome to its callback, on the producer's task:
+/// every record once, with its offset, all before `close` returns; a callback that
+/// panics does not stop the producer.
+#[tokio::test]
+async fn send_with_calls_back_once_per_record_and_survives_a_panicking_callback() {
+    let (_cluster, conn) = one_broker_with_topic("t", 1).await;
+    let producer = Producer::new(conn, producer_config()).unwrap();
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..100u64 {
+        let outcomes = outcomes.clone();
+        let record = ProducerRecord::new("t", format!("v{i}")).partition(0);
+        within(producer.send_with(record, move |result| {
+            if i == 10 {
+                panic!("a callback that panics");
+            }
+            outcomes.lock().unwrap().push(result.map(|md| md.offset));
+        }))
+        .await
+        .unwrap();
+    }
+    // Still sending after the panic.
+    let later = acked(&producer, ProducerRecord::new("t", "after").partition(0)).await;
+    within(producer.close()).await.unwrap();
+    let mut offsets: Vec<u64> = outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| *r.as_ref().expect("acknowledged"))
+        .collect();
+    offsets.sort_unstable();
+    let expected: Vec<u64> = (0..100).filter(|&o| o != 10).collect();
+    assert_eq!(offsets, expected);
+    assert_eq!(later.offset, 100);
+}

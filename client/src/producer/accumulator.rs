@@ -41,7 +41,50 @@ pub(crate) struct RecordData {
 #[derive(Debug)]
 struct PendingRecord {
     timestamp: i64,
-    tx: oneshot::Sender<Result<RecordMetadata>>,
+    delivery: Delivery,
+}
+
+/// A callback given a record's outcome, on the producer's background task.
+pub(crate) type Callback = Box<dyn FnOnce(Result<RecordMetadata>) + Send>;
+
+/// Where a record's outcome goes: its [`crate::producer::DeliveryFuture`], or a
+/// callback (no future to poll per record, for callers that send very many).
+pub(crate) enum Delivery {
+    Future(oneshot::Sender<Result<RecordMetadata>>),
+    Callback(Callback),
+}
+
+impl Delivery {
+    fn deliver(self, outcome: Result<RecordMetadata>) {
+        match self {
+            // The caller may have dropped its delivery future; that is fine.
+            Self::Future(tx) => {
+                let _ = tx.send(outcome);
+            }
+            // A panicking callback must not take the producer's task down with it.
+            Self::Callback(f) => {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome)));
+                if ran.is_err() {
+                    tracing::error!("a producer delivery callback panicked");
+                }
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<Result<RecordMetadata>>> for Delivery {
+    fn from(tx: oneshot::Sender<Result<RecordMetadata>>) -> Self {
+        Self::Future(tx)
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Future(_) => "Future",
+            Self::Callback(_) => "Callback",
+        })
+    }
 }
 
 /// Offset reported for records produced with `Acks::None`: the broker does not say.
@@ -127,8 +170,7 @@ impl ProducerBatch {
                 }),
                 Err(e) => Err(e.clone()),
             };
-            // The caller may have dropped its delivery future; that is fine.
-            let _ = record.tx.send(outcome);
+            record.delivery.deliver(outcome);
         }
         drop(self.memory);
     }
@@ -266,13 +308,13 @@ impl Accumulator {
         partition: u32,
         rec: RecordData,
         memory: Option<OwnedSemaphorePermit>,
-        tx: oneshot::Sender<Result<RecordMetadata>>,
+        delivery: impl Into<Delivery>,
         now: impl FnOnce() -> Instant,
     ) -> Result<Appended> {
         let batch_bytes = self.batch_bytes;
         let pending = PendingRecord {
             timestamp: rec.timestamp,
-            tx,
+            delivery: delivery.into(),
         };
         // One map lookup per record: this is the hot path of every send.
         let q = queue_in(&mut self.topics, topic, partition);

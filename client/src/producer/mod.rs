@@ -40,7 +40,7 @@ use crate::connection::{Connection, unknown_partition};
 use crate::error::{ClientError, Result};
 use crate::metadata::TopicMetadata;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
-use accumulator::{Accumulator, RecordData};
+use accumulator::{Accumulator, Delivery, RecordData};
 
 pub use accumulator::UNKNOWN_OFFSET;
 
@@ -339,6 +339,28 @@ impl Producer {
     /// once for an unknown topic or partition, a record larger than `buffer_memory`,
     /// or a closed producer.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let (tx, rx) = oneshot::channel();
+        self.buffer(record, Delivery::Future(tx)).await?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Like [`Producer::send`], but the outcome goes to `callback` instead of a
+    /// future: Kafka's `send(record, callback)`. It runs on the producer's background
+    /// task once the record is acknowledged or failed, so it must be quick and must
+    /// not block (hand heavier work to a channel). No future per record makes this
+    /// the cheaper way to keep very many small records in flight. If this returns an
+    /// error, the callback is never called.
+    pub async fn send_with(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
+    ) -> Result<()> {
+        self.buffer(record, Delivery::Callback(Box::new(callback)))
+            .await
+    }
+
+    /// Validates, places and buffers `record`; its outcome goes to `delivery`.
+    async fn buffer(&self, record: ProducerRecord, delivery: Delivery) -> Result<()> {
         let shared = &self.handle.shared;
         let closed = || ClientError::Closed("the producer is closed".into());
         if shared.closed.load(Ordering::Acquire) {
@@ -402,7 +424,6 @@ impl Producer {
                 )));
             }
         };
-        let (tx, rx) = oneshot::channel();
         let wake = {
             let mut state = shared.state();
             // Checked under the lock: a close that began after this cannot miss the record.
@@ -410,16 +431,20 @@ impl Producer {
                 return Err(closed());
             }
             let partition = state.place(&topic, record.partition, &rec, &mut random_u64)?;
-            let appended =
-                state
-                    .acc
-                    .append(&topic.name, partition, rec, Some(permit), tx, Instant::now)?;
+            let appended = state.acc.append(
+                &topic.name,
+                partition,
+                rec,
+                Some(permit),
+                delivery,
+                Instant::now,
+            )?;
             appended.new_batch || appended.full
         };
         if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { rx })
+        Ok(())
     }
 
     /// Sends every buffered record now (ignoring linger) and waits until each has

@@ -406,11 +406,11 @@ impl Sender {
 
     /// Completes a batch for good.
     fn finish(&mut self, batch: ProducerBatch, result: crate::Result<u64>) {
-        self.shared
-            .state()
-            .acc
-            .complete(&batch.topic, batch.partition, batch.id);
+        // Outcomes first: a flush that sees the batch complete finds its records'
+        // futures resolved and callbacks run.
+        let (topic, partition, id) = (batch.topic.clone(), batch.partition, batch.id);
         batch.complete(result);
+        self.shared.state().acc.complete(&topic, partition, id);
         self.shared.completed.notify_waiters();
     }
 

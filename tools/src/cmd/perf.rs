@@ -35,13 +35,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use clap::{ArgGroup, Args, Subcommand};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use sluice_client::{
-    Acks, Admin, ClientError, Compression, Connection, Consumer, ConsumerConfig, DeliveryFuture,
-    NewTopic, Offset, OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicMetadata,
+    Acks, Admin, ClientError, Compression, Connection, Consumer, ConsumerConfig, NewTopic, Offset,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord, RecordMetadata, TopicMetadata,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -692,6 +690,75 @@ struct Collected {
     first_error: Option<String>,
 }
 
+/// One producer's acknowledgements, recorded by its delivery callbacks (on the
+/// producer's background task: no future per record to poll).
+struct AckRecorder {
+    counters: Arc<Counters>,
+    collected: std::sync::Mutex<Collected>,
+    /// Records whose outcome has been recorded.
+    done: AtomicU64,
+    progress: tokio::sync::Notify,
+}
+
+impl AckRecorder {
+    fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            counters,
+            collected: std::sync::Mutex::new(Collected {
+                hist: new_histogram(),
+                first_error: None,
+            }),
+            done: AtomicU64::new(0),
+            progress: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.collected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the outcome of a record of `bytes` sent at `at`.
+    fn record(&self, at: Instant, bytes: u64, result: sluice_client::Result<RecordMetadata>) {
+        let c = &self.counters;
+        match result {
+            Ok(_) => {
+                let us = at.elapsed().as_micros() as u64;
+                record_us(&mut self.lock().hist, us);
+                c.acked.fetch_add(1, Ordering::Relaxed);
+                c.bytes.fetch_add(bytes, Ordering::Relaxed);
+                c.ack_sum_us.fetch_add(us, Ordering::Relaxed);
+                c.ack_max_us.fetch_max(us, Ordering::Relaxed);
+            }
+            Err(e) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                self.lock().first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.done.fetch_add(1, Ordering::Release);
+        self.progress.notify_waiters();
+    }
+
+    /// Waits until `sent` outcomes have been recorded, then hands them over.
+    async fn finish(&self, sent: u64) -> Collected {
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if self.done.load(Ordering::Acquire) >= sent {
+                break;
+            }
+            progress.await;
+        }
+        std::mem::replace(
+            &mut *self.lock(),
+            Collected {
+                hist: new_histogram(),
+                first_error: None,
+            },
+        )
+    }
+}
+
 fn producer_config(o: &ProducerOpts, global: &GlobalArgs) -> ProducerConfig {
     let base = ProducerConfig::default();
     let batch_bytes = o.batch_bytes.map_or(base.batch_bytes, |b| b as usize);
@@ -740,8 +807,7 @@ async fn produce(
     let mut tasks = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
         let producer = Producer::new(conn.clone(), config.clone())?;
-        let (ack_tx, ack_rx) = mpsc::channel::<(Instant, u64, DeliveryFuture)>(1 << 14);
-        let collector = tokio::spawn(collect(ack_rx, counters.clone()));
+        let recorder = Arc::new(AckRecorder::new(counters.clone()));
         let sender = SendLoop {
             producer,
             topic: topic.to_owned(),
@@ -752,16 +818,18 @@ async fn produce(
             limit: share,
             deadline,
             stamp: plan.stamp.then_some(base),
+            recorder: recorder.clone(),
         };
-        tasks.push((tokio::spawn(sender.run(ack_tx)), collector));
+        tasks.push((tokio::spawn(sender.run()), recorder));
     }
     let mut hist = new_histogram();
     let mut first_error = None;
-    for (sender, collector) in tasks {
-        let sent = sender.await.context("a producer task failed")?;
-        let collected = collector.await.context("a collector task failed")?;
+    for (sender, recorder) in tasks {
+        let (sent, result) = sender.await.context("a producer task failed")?;
+        // Every record sent gets its callback: close() waited for each outcome.
+        let collected = recorder.finish(sent).await;
         hist.add(&collected.hist).expect("same histogram bounds");
-        if let Err(e) = sent {
+        if let Err(e) = result {
             first_error.get_or_insert(format!("{e:#}"));
         }
         if let Some(e) = collected.first_error {
@@ -796,13 +864,13 @@ struct SendLoop {
     limit: Option<u64>,
     deadline: Option<Instant>,
     stamp: Option<Instant>,
+    recorder: Arc<AckRecorder>,
 }
 
 impl SendLoop {
-    async fn run(
-        mut self,
-        acks: mpsc::Sender<(Instant, u64, DeliveryFuture)>,
-    ) -> anyhow::Result<u64> {
+    /// Sends until the plan says stop; returns how many records were handed to the
+    /// producer (each gets its outcome recorded) and how sending ended.
+    async fn run(mut self) -> (u64, anyhow::Result<()>) {
         let mut sent = 0u64;
         let result = loop {
             if self.limit.is_some_and(|n| sent >= n) {
@@ -834,61 +902,20 @@ impl SendLoop {
                 value: Some(value),
                 ..ProducerRecord::default()
             };
-            match self.producer.send(record).await {
-                Ok(ack) => {
-                    sent += 1;
-                    if acks.send((at, bytes, ack)).await.is_err() {
-                        break Ok(());
-                    }
-                }
+            let recorder = self.recorder.clone();
+            let sent_one = self
+                .producer
+                .send_with(record, move |result| recorder.record(at, bytes, result))
+                .await;
+            match sent_one {
+                Ok(()) => sent += 1,
                 Err(e) => break Err(anyhow!(e).context("cannot send")),
             }
         };
-        drop(acks);
         // Send what lingers, and wait until the sender task has finished.
-        self.producer.close().await?;
-        result.map(|()| sent)
+        let closed = self.producer.close().await.map_err(anyhow::Error::from);
+        (sent, result.and(closed))
     }
-}
-
-/// Awaits acknowledgements as they come (in any order) and records their latency.
-async fn collect(
-    mut rx: mpsc::Receiver<(Instant, u64, DeliveryFuture)>,
-    counters: Arc<Counters>,
-) -> Collected {
-    let mut hist = new_histogram();
-    let mut first_error = None;
-    let mut pending = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            item = rx.recv(), if open => match item {
-                Some((at, bytes, ack)) => pending.push(async move {
-                    let result = ack.await;
-                    (at.elapsed(), bytes, result)
-                }),
-                None => open = false,
-            },
-            Some((latency, bytes, result)) = pending.next(), if !pending.is_empty() => {
-                match result {
-                    Ok(_) => {
-                        let us = latency.as_micros() as u64;
-                        record_us(&mut hist, us);
-                        counters.acked.fetch_add(1, Ordering::Relaxed);
-                        counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-                        counters.ack_sum_us.fetch_add(us, Ordering::Relaxed);
-                        counters.ack_max_us.fetch_max(us, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        first_error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            else => break,
-        }
-    }
-    Collected { hist, first_error }
 }
 
 /// One progress line a second: the last second's rates and latency.
