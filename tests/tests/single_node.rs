@@ -187,6 +187,63 @@ fn cli(broker: &BrokerProcess, args: &[&str], stdin: &str) -> (bool, String, Str
     )
 }
 
+/// `sluice perf` against a real broker: `produce` reports exactly the records it was
+/// asked for, each acknowledged and timed; `consume` reads them all back; and
+/// `end-to-end` sees every record it produced arrive.
+#[test]
+fn perf_produces_consumes_and_measures_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let perf = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--output", "json", "perf"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cli(&broker, &all, "");
+        assert!(ok, "perf {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("perf {args:?} printed {out}: {e}"))
+    };
+    let produced = perf(&[
+        "produce",
+        "--topic",
+        "p",
+        "--create",
+        "--partitions",
+        "3",
+        "--records",
+        "3000",
+        "--record-size",
+        "100",
+        "--producers",
+        "2",
+    ]);
+    assert_eq!(produced["records"], 3000, "{produced}");
+    assert_eq!(produced["failed"], 0, "{produced}");
+    assert_eq!(produced["bytes"], 300_000, "{produced}");
+    assert!(
+        produced["ack_latency_ms"]["count"] == 3000
+            && produced["ack_latency_ms"]["max"].as_f64() > Some(0.0),
+        "{produced}"
+    );
+    let consumed = perf(&["consume", "--topic", "p"]);
+    assert_eq!(consumed["records"], 3000, "{consumed}");
+    assert_eq!(consumed["bytes"], 300_000, "{consumed}");
+    let e2e = perf(&[
+        "end-to-end",
+        "--topic",
+        "e",
+        "--create",
+        "--record-size",
+        "64",
+        "--rate",
+        "1000",
+        "--duration",
+        "1",
+    ]);
+    let sent = e2e["records"].as_u64().unwrap_or(0);
+    assert!(sent >= 500, "{e2e}");
+    assert_eq!(e2e["consumed"], sent, "{e2e}");
+    assert_eq!(e2e["end_to_end_latency_ms"]["count"], sent, "{e2e}");
+}
+
 #[test]
 fn cli_creates_produces_consumes_and_describes() {
     let dir = tempfile::tempdir().expect("tempdir");
