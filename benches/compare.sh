@@ -16,13 +16,18 @@
 #   W5  W1 with replication factor 3 on a local 3-broker Sluice cluster
 #   and the Sluice broker's memory after W1 and W4, and (benches/footprint.sh) the CPU
 #   cost of 1,000 idle partitions.
+#   W1, W2, W3 and W5 first send for --warmup seconds that count in no figure (as the
+#   OpenMessaging Benchmark's warm-up), for every system alike: the first second
+#   otherwise measures connecting and the burst that catches up after it.
 #
 # Usage: benches/compare.sh [--quick] [--runs N] [--only sluice,nats,redis]
-#                           [--duration SECS] [--backlog-mib MIB] [--profile]
+#                           [--duration SECS] [--warmup SECS] [--backlog-mib MIB]
+#                           [--profile]
 #   --quick      short runs and a small backlog (about 3 minutes in all), 1 run
 #   --runs N     runs of everything (default 3); the table shows medians
 #   --only LIST  systems to run (default sluice,nats,redis)
 #   --duration   seconds of each throughput and latency workload (default 15)
+#   --warmup     seconds sent before each of them and left out (default 2; 1 with --quick)
 #   --backlog-mib  size of W4's backlog (default 2048; 256 with --quick)
 #   --profile    instead of the comparison: `perf record` the Sluice broker and the
 #                `sluice perf` client during W1 and W2, and print their hot paths
@@ -33,13 +38,14 @@ WORK=$ROOT/target/compare
 # shellcheck source=benches/compare/lib.sh
 source "$ROOT/benches/compare/lib.sh"
 
-QUICK=0 RUNS="" ONLY=sluice,nats,redis DURATION="" BACKLOG_MIB="" PROFILE=0
+QUICK=0 RUNS="" ONLY=sluice,nats,redis DURATION="" WARMUP="" BACKLOG_MIB="" PROFILE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
     --runs) RUNS=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
     --backlog-mib) BACKLOG_MIB=$2; shift 2 ;;
     --profile) PROFILE=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -47,14 +53,15 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ $QUICK == 1 ]]; then
-  RUNS=${RUNS:-1} DURATION=${DURATION:-3} BACKLOG_MIB=${BACKLOG_MIB:-256}
+  RUNS=${RUNS:-1} DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} BACKLOG_MIB=${BACKLOG_MIB:-256}
   DD_MIB=256 IPERF_SECS=2
 else
-  RUNS=${RUNS:-3} DURATION=${DURATION:-15} BACKLOG_MIB=${BACKLOG_MIB:-2048}
+  RUNS=${RUNS:-3} DURATION=${DURATION:-15} WARMUP=${WARMUP:-2} BACKLOG_MIB=${BACKLOG_MIB:-2048}
   DD_MIB=1024 IPERF_SECS=5
 fi
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs takes a positive number"
 [[ $DURATION =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--duration takes seconds"
+[[ $WARMUP =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--warmup takes seconds"
 [[ $BACKLOG_MIB =~ ^[1-9][0-9]*$ ]] || die "--backlog-mib takes a positive number"
 for s in ${ONLY//,/ }; do
   [[ $s =~ ^(sluice|nats|redis)$ ]] || die "--only takes sluice, nats, redis"
@@ -117,8 +124,9 @@ EOF
 }
 
 # --- Sluice ---------------------------------------------------------------------------
-w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS"; }
-w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS"; }
+warmup_args() { [[ $WARMUP =~ ^0*(\.0*)?$ ]] || echo --warmup "$WARMUP"; }
+w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
+w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 
 run_sluice() {
   local dir=$1 pid rate
@@ -133,8 +141,9 @@ run_sluice() {
   measure "$dir/sluice-w2.json" sluice_cli perf produce --topic w2 --create $(w2_args) --acks all || true
   rate=$(w3_rate "$dir" sluice)
   if [[ -n $rate ]]; then
+    # shellcheck disable=SC2046
     measure "$dir/sluice-w3.json" sluice_cli perf end-to-end --topic w3 --create --partitions "$PARTITIONS" \
-      --record-size 1024 --rate "$rate" --duration "$DURATION" || true
+      --record-size 1024 --rate "$rate" --duration "$DURATION" $(warmup_args) || true
   fi
   measure "$dir/sluice-w4-fill.json" sluice_cli perf produce --topic w4 --create --partitions "$PARTITIONS" \
     --record-size 1024 --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
@@ -195,8 +204,9 @@ run_nats() {
   measure "$dir/$name-w2.json" peer produce --topic w2 $(w2_args) || true
   rate=$(w3_rate "$dir" "$name")
   if [[ -n $rate ]]; then
+    # shellcheck disable=SC2046
     measure "$dir/$name-w3.json" peer end-to-end --topic w3 --partitions "$PARTITIONS" --record-size 1024 \
-      --rate "$rate" --duration "$DURATION" || true
+      --rate "$rate" --duration "$DURATION" $(warmup_args) || true
   fi
   if [[ $mode == default ]]; then
     # The replay does not depend on when the server fsyncs: measured once.
@@ -227,8 +237,9 @@ run_redis() {
   rcli flushall
   rate=$(w3_rate "$dir" redis)
   if [[ -n $rate ]]; then
+    # shellcheck disable=SC2046
     measure "$dir/redis-w3.json" peer end-to-end --topic w3 --partitions "$PARTITIONS" --record-size 1024 \
-      --rate "$rate" --duration "$DURATION" || true
+      --rate "$rate" --duration "$DURATION" $(warmup_args) || true
   fi
   rcli flushall
   # The backlog is written without fsync (it is not what W4 measures), then read back.
@@ -283,7 +294,7 @@ fi
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 cat >"$RESULTS/settings.json" <<EOF
-{"date": "$(date -u +%Y-%m-%dT%H:%MZ)", "runs": $RUNS, "duration_s": $DURATION, "backlog_mib": $BACKLOG_MIB,
+{"date": "$(date -u +%Y-%m-%dT%H:%MZ)", "runs": $RUNS, "duration_s": $DURATION, "warmup_s": $WARMUP, "backlog_mib": $BACKLOG_MIB,
  "partitions": $PARTITIONS, "producers": $PRODUCERS, "only": "$ONLY", "quick": $QUICK,
  "nats_server": "$NATS_SERVER_VERSION", "redis_server": "$(command -v redis-server >/dev/null && redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')",
  "cpus": $(nproc), "commit": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"}

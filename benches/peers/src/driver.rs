@@ -3,7 +3,8 @@
 //! backlog. They talk to a system only through [`Publisher`] and [`Source`], and
 //! count the way `sluice perf` counts (see its module doc): ack latency from the
 //! publish call to the acknowledgement, throughput from the first send to the last
-//! acknowledgement, MB = 10^6 bytes of values.
+//! acknowledgement, MB = 10^6 bytes of values. Records sent in the warm-up count in
+//! no figure; both sides decide by the send instant, which is also the stamp.
 //!
 //! Every loop ends by itself: producing at the duration, following when every
 //! acknowledged record arrived or a grace period passed, replaying at the backlog
@@ -58,6 +59,8 @@ pub struct LoadShape {
     /// Unacknowledged records one producer may have outstanding.
     pub window_records: u64,
     pub duration: Duration,
+    /// Sending before `duration` whose records count in no figure.
+    pub warmup: Duration,
     /// Records to send over all producers, if fewer than the duration allows.
     pub records: Option<u64>,
     /// Records per second over all producers; `None` is as fast as the window allows.
@@ -102,9 +105,10 @@ impl Tally {
     }
 }
 
-/// Runs one sending loop per publisher for the shape's duration and reports like
-/// `sluice perf produce`. With `stamp_base`, each value carries its send time (ns
-/// since that instant) in its first 8 bytes, for [`end_to_end`].
+/// Runs one sending loop per publisher for the shape's warm-up and duration and
+/// reports like `sluice perf produce`. With `stamp_base` (then also the start), each
+/// value carries its send time (ns since that instant) in its first 8 bytes, for
+/// [`end_to_end`].
 pub async fn produce<P: Publisher>(
     publishers: Vec<P>,
     shape: LoadShape,
@@ -114,7 +118,8 @@ pub async fn produce<P: Publisher>(
     let producers = publishers.len().max(1) as u32;
     let rate = shape.rate.map(|r| r / f64::from(producers));
     let shape = Arc::new(shape);
-    let start = Instant::now();
+    let start = stamp_base.unwrap_or_else(Instant::now);
+    let measure_from = start + shape.warmup;
     let mut tasks = Vec::new();
     let shares: Vec<Option<u64>> = match shape.records {
         Some(n) => split_evenly(n, producers).into_iter().map(Some).collect(),
@@ -127,7 +132,8 @@ pub async fn produce<P: Publisher>(
             shape: shape.clone(),
             value: value.clone(),
             pacer: Pacer::new(start, rate),
-            deadline: start + shape.duration,
+            deadline: measure_from + shape.duration,
+            measure_from,
             first_partition: i as u32 % shape.partitions,
             stamp_base,
         };
@@ -137,7 +143,7 @@ pub async fn produce<P: Publisher>(
     for task in tasks {
         total.merge(task.await.context("a producer task failed")?);
     }
-    let elapsed = start.elapsed();
+    let elapsed = measure_from.elapsed();
     Ok(Report::Produce(ProduceReport {
         mode: "produce",
         topic: shape.topic.clone(),
@@ -160,6 +166,7 @@ struct SendLoop<P> {
     value: Bytes,
     pacer: Pacer,
     deadline: Instant,
+    measure_from: Instant,
     /// Records this producer sends at most.
     limit: Option<u64>,
     first_partition: u32,
@@ -174,7 +181,7 @@ impl<P: Publisher> SendLoop<P> {
         let room = Arc::new(Semaphore::new(window as usize));
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
         let record_bytes = self.value.len() as u64;
-        let collector = tokio::spawn(collect(rx, room.clone(), record_bytes));
+        let collector = tokio::spawn(collect(rx, room.clone(), record_bytes, self.measure_from));
         let per_call = if self.shape.rate.is_some() {
             1
         } else {
@@ -200,13 +207,13 @@ impl<P: Publisher> SendLoop<P> {
             };
             // The collector hands the room back as acknowledgements arrive.
             permit.forget();
+            let at = Instant::now();
             let values: Vec<Bytes> = (0..per_call)
                 .map(|_| match self.stamp_base {
-                    Some(base) => stamp(&self.value, base.elapsed().as_nanos() as u64),
+                    Some(base) => stamp(&self.value, at.duration_since(base).as_nanos() as u64),
                     None => self.value.clone(),
                 })
                 .collect();
-            let at = Instant::now();
             match self
                 .publisher
                 .publish(&self.shape.topic, partition, values)
@@ -242,11 +249,13 @@ impl<P: Publisher> SendLoop<P> {
 }
 
 /// Awaits acknowledgements in any order, records their latency (one sample per
-/// record, as `sluice perf` does) and returns their room to the window.
+/// record, as `sluice perf` does; none for the warm-up's) and returns their room to
+/// the window.
 async fn collect(
     mut rx: mpsc::UnboundedReceiver<InFlight>,
     room: Arc<Semaphore>,
     record_bytes: u64,
+    measure_from: Instant,
 ) -> Tally {
     let mut tally = Tally::new();
     let mut pending = FuturesUnordered::new();
@@ -256,13 +265,14 @@ async fn collect(
             item = rx.recv(), if open => match item {
                 Some((at, records, ack)) => pending.push(async move {
                     let result = ack.await;
-                    (at.elapsed(), records, result)
+                    (at, at.elapsed(), records, result)
                 }),
                 None => open = false,
             },
-            Some((latency, records, result)) = pending.next(), if !pending.is_empty() => {
+            Some((at, latency, records, result)) = pending.next(), if !pending.is_empty() => {
                 room.add_permits(records as usize);
                 match result {
+                    Ok(()) if at < measure_from => {}
                     Ok(()) => {
                         let us = latency.as_micros() as u64;
                         for _ in 0..records {
@@ -289,7 +299,8 @@ pub async fn end_to_end<P: Publisher, S: Source>(
 ) -> anyhow::Result<Report> {
     let base = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(None);
-    let follower = tokio::spawn(follow(reader, stop_rx, base));
+    let measure_from = shape.warmup.as_nanos() as u64;
+    let follower = tokio::spawn(follow(reader, stop_rx, measure_from, base));
     let produced = produce(publishers, shape, Some(base)).await;
     let acked = match &produced {
         Ok(Report::Produce(r)) => r.records,
@@ -307,10 +318,12 @@ pub async fn end_to_end<P: Publisher, S: Source>(
 }
 
 /// Reads until told how many records to expect and they all arrived, or the grace
-/// deadline passes; records each one's age from the stamp in its first 8 bytes.
+/// deadline passes; records each one's age from the stamp in its first 8 bytes,
+/// except for those stamped in the warm-up (before `measure_from`, ns since `base`).
 async fn follow<S: Source>(
     mut reader: S,
     stop: watch::Receiver<Option<(u64, Instant)>>,
+    measure_from: u64,
     base: Instant,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = new_histogram();
@@ -327,8 +340,8 @@ async fn follow<S: Source>(
             let Some(sent) = read_stamp(&value) else {
                 continue;
             };
-            if sent > now {
-                continue; // not stamped by this run
+            if sent > now || sent < measure_from {
+                continue; // not stamped by this run, or in its warm-up
             }
             record_us(&mut hist, (now - sent) / 1000);
             received += 1;

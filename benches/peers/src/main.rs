@@ -81,6 +81,10 @@ struct LoadArgs {
     /// How long to send: seconds (15, 2.5) or with a unit (500ms, 2m).
     #[arg(long, value_parser = parse_secs, default_value = "1h")]
     duration: Duration,
+    /// Send for this long before --duration starts and leave it out of every figure,
+    /// as `sluice perf --warmup` does.
+    #[arg(long, value_parser = parse_secs, conflicts_with = "records")]
+    warmup: Option<Duration>,
     /// Stop after this many records over all producers (and at --duration at the
     /// latest).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -126,6 +130,7 @@ impl LoadArgs {
             batch_records,
             window_records: batch_records * self.max_in_flight * u64::from(self.partitions),
             duration: self.duration,
+            warmup: self.warmup.unwrap_or_default(),
             records: self.records,
             rate,
         }

@@ -24,7 +24,11 @@
 //!   digits, up to an hour) and reported in milliseconds; MB is 10^6 bytes and
 //!   counts keys plus values;
 //! - throughput is records acknowledged (or consumed) over the time from the first
-//!   send (or the consumer's start) to the last acknowledgement (or record).
+//!   send (or the consumer's start) to the last acknowledgement (or record);
+//! - with `--warmup`, records sent in the warm-up (before `--duration` starts) count
+//!   in no figure, as in the OpenMessaging Benchmark: the first second otherwise
+//!   measures connecting, fetching metadata and the catch-up burst after it. Both
+//!   sides decide by the send instant, which is also the end-to-end stamp.
 
 use std::io::Write as _;
 use std::str::FromStr;
@@ -119,6 +123,10 @@ pub struct PerfProduceArgs {
     /// Records per second over all producers (default: as fast as possible).
     #[arg(long, value_name = "RECORDS_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Send for this long before --duration starts and leave it out of every figure
+    /// (connections, metadata and the broker's first pages warm up).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, conflicts_with = "records")]
+    pub warmup: Option<Duration>,
 }
 
 /// `sluice perf consume`.
@@ -161,6 +169,10 @@ pub struct PerfEndToEndArgs {
     /// How long to produce: seconds (15, 2.5) or with a unit (500ms, 2m).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Duration,
+    /// Produce and consume for this long before --duration starts and leave it out of
+    /// every figure (connections, metadata and the broker's first pages warm up).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub warmup: Option<Duration>,
 }
 
 /// Parses a positive duration: plain (fractional) seconds, or with a unit.
@@ -590,7 +602,7 @@ async fn bench(cmd: PerfCommand, global: GlobalArgs, lines: Lines) -> anyhow::Re
         PerfCommand::Produce(a) => {
             let topic = prepare_topic(&conn, &a.topic, &global, &lines).await?;
             let _ = lines.send(format!(
-                "Producing {}-byte records to '{}' ({} partition(s)) with {} producer(s), acks={}, compression={}{}{}\n",
+                "Producing {}-byte records to '{}' ({} partition(s)) with {} producer(s), acks={}, compression={}{}{}{}\n",
                 a.producer.record_size,
                 topic.name,
                 topic.partition_count(),
@@ -602,13 +614,18 @@ async fn bench(cmd: PerfCommand, global: GlobalArgs, lines: Lines) -> anyhow::Re
                     (Some(n), _) => format!(", {n} records"),
                     (_, Some(d)) => format!(", for {:.1} s", d.as_secs_f64()),
                     _ => String::new(),
-                }
+                },
+                a.warmup.map_or(String::new(), |w| format!(
+                    " after {:.1} s of warm-up",
+                    w.as_secs_f64()
+                )),
             ));
             let plan = Plan {
                 records: a.records,
                 duration: a.duration,
                 producers: a.producers,
                 rate: a.rate,
+                warmup: a.warmup.unwrap_or_default(),
                 stamp: false,
                 base: None,
                 counters: Arc::default(),
@@ -676,24 +693,44 @@ struct Plan {
     duration: Option<Duration>,
     producers: u32,
     rate: Option<f64>,
+    /// Sending before `duration` whose records count in no figure.
+    warmup: Duration,
     /// Stamp the send time into each value (end-to-end), as nanoseconds since
-    /// `base` (default: the start of sending).
+    /// `base`, which is also where sending starts (default: now).
     stamp: bool,
     base: Option<Instant>,
     /// Shared with the progress line (and the end-to-end consumer).
     counters: Arc<Counters>,
 }
 
-/// What one producer's collector saw.
+/// What one producer's collector saw, warm-up left out (failures count always).
 struct Collected {
     hist: Histogram<u64>,
+    acked: u64,
+    bytes: u64,
+    failed: u64,
     first_error: Option<String>,
+}
+
+impl Collected {
+    fn new() -> Self {
+        Self {
+            hist: new_histogram(),
+            acked: 0,
+            bytes: 0,
+            failed: 0,
+            first_error: None,
+        }
+    }
 }
 
 /// One producer's acknowledgements, recorded by its delivery callbacks (on the
 /// producer's background task: no future per record to poll).
 struct AckRecorder {
     counters: Arc<Counters>,
+    /// Records sent before this only warm up: the progress line shows them, the
+    /// report does not.
+    measure_from: Instant,
     collected: std::sync::Mutex<Collected>,
     /// Records whose outcome has been recorded.
     done: AtomicU64,
@@ -701,13 +738,11 @@ struct AckRecorder {
 }
 
 impl AckRecorder {
-    fn new(counters: Arc<Counters>) -> Self {
+    fn new(counters: Arc<Counters>, measure_from: Instant) -> Self {
         Self {
             counters,
-            collected: std::sync::Mutex::new(Collected {
-                hist: new_histogram(),
-                first_error: None,
-            }),
+            measure_from,
+            collected: std::sync::Mutex::new(Collected::new()),
             done: AtomicU64::new(0),
             progress: tokio::sync::Notify::new(),
         }
@@ -723,7 +758,12 @@ impl AckRecorder {
         match result {
             Ok(_) => {
                 let us = at.elapsed().as_micros() as u64;
-                record_us(&mut self.lock().hist, us);
+                if at >= self.measure_from {
+                    let mut collected = self.lock();
+                    record_us(&mut collected.hist, us);
+                    collected.acked += 1;
+                    collected.bytes += bytes;
+                }
                 c.acked.fetch_add(1, Ordering::Relaxed);
                 c.bytes.fetch_add(bytes, Ordering::Relaxed);
                 c.ack_sum_us.fetch_add(us, Ordering::Relaxed);
@@ -731,7 +771,9 @@ impl AckRecorder {
             }
             Err(e) => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
-                self.lock().first_error.get_or_insert_with(|| e.to_string());
+                let mut collected = self.lock();
+                collected.failed += 1;
+                collected.first_error.get_or_insert_with(|| e.to_string());
             }
         }
         self.done.fetch_add(1, Ordering::Release);
@@ -749,13 +791,7 @@ impl AckRecorder {
             }
             progress.await;
         }
-        std::mem::replace(
-            &mut *self.lock(),
-            Collected {
-                hist: new_histogram(),
-                first_error: None,
-            },
-        )
+        std::mem::replace(&mut *self.lock(), Collected::new())
     }
 }
 
@@ -786,9 +822,9 @@ async fn produce(
     let config = producer_config(o, global);
     let counters = plan.counters.clone();
     let value = payload(o.record_size as usize, &mut SplitMix64::new(seed()));
-    let start = Instant::now();
-    let base = plan.base.unwrap_or(start);
-    let deadline = plan.duration.map(|d| start + d);
+    let start = plan.base.unwrap_or_else(Instant::now);
+    let measure_from = start + plan.warmup;
+    let deadline = plan.duration.map(|d| measure_from + d);
     let shares: Vec<Option<u64>> = match plan.records {
         Some(n) => split_evenly(n, plan.producers)
             .into_iter()
@@ -801,13 +837,14 @@ async fn produce(
         counters.clone(),
         lines.clone(),
         start,
+        measure_from,
         true,
     ));
 
     let mut tasks = Vec::new();
     for (i, share) in shares.into_iter().enumerate() {
         let producer = Producer::new(conn.clone(), config.clone())?;
-        let recorder = Arc::new(AckRecorder::new(counters.clone()));
+        let recorder = Arc::new(AckRecorder::new(counters.clone(), measure_from));
         let sender = SendLoop {
             producer,
             topic: topic.to_owned(),
@@ -817,39 +854,43 @@ async fn produce(
             pacer: Pacer::new(start, rate),
             limit: share,
             deadline,
-            stamp: plan.stamp.then_some(base),
+            stamp: plan.stamp.then_some(start),
             recorder: recorder.clone(),
         };
         tasks.push((tokio::spawn(sender.run()), recorder));
     }
-    let mut hist = new_histogram();
-    let mut first_error = None;
+    let mut total = Collected::new();
     for (sender, recorder) in tasks {
         let (sent, result) = sender.await.context("a producer task failed")?;
         // Every record sent gets its callback: close() waited for each outcome.
         let collected = recorder.finish(sent).await;
-        hist.add(&collected.hist).expect("same histogram bounds");
+        total
+            .hist
+            .add(&collected.hist)
+            .expect("same histogram bounds");
+        total.acked += collected.acked;
+        total.bytes += collected.bytes;
+        total.failed += collected.failed;
         if let Err(e) = result {
-            first_error.get_or_insert(format!("{e:#}"));
+            total.first_error.get_or_insert(format!("{e:#}"));
         }
         if let Some(e) = collected.first_error {
-            first_error.get_or_insert(e);
+            total.first_error.get_or_insert(e);
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = measure_from.elapsed();
     reporter.abort();
-    let acked = counters.acked.load(Ordering::Relaxed);
     Ok(Report::Produce(ProduceReport {
         mode: "produce",
         topic: topic.to_owned(),
-        records: acked,
-        failed: counters.failed.load(Ordering::Relaxed),
-        bytes: counters.bytes.load(Ordering::Relaxed),
+        records: total.acked,
+        failed: total.failed,
+        bytes: total.bytes,
         elapsed,
-        ack_latency: Latency::from_histogram(&hist),
+        ack_latency: Latency::from_histogram(&total.hist),
         consumed: None,
         e2e_latency: None,
-        first_error,
+        first_error: total.first_error,
     }))
 }
 
@@ -893,7 +934,9 @@ impl SendLoop {
             let key = self.keys.key(sent, &mut self.rng);
             let bytes = (key.as_ref().map_or(0, Bytes::len) + self.value.len()) as u64;
             let value = match self.stamp {
-                Some(base) => stamp(&self.value, base.elapsed().as_nanos() as u64),
+                // The send instant, so the consumer leaves out exactly the warm-up
+                // records the acknowledgements leave out.
+                Some(base) => stamp(&self.value, at.duration_since(base).as_nanos() as u64),
                 None => self.value.clone(),
             };
             let record = ProducerRecord {
@@ -919,7 +962,13 @@ impl SendLoop {
 }
 
 /// One progress line a second: the last second's rates and latency.
-async fn report_progress(counters: Arc<Counters>, lines: Lines, start: Instant, producing: bool) {
+async fn report_progress(
+    counters: Arc<Counters>,
+    lines: Lines,
+    start: Instant,
+    measure_from: Instant,
+    producing: bool,
+) {
     let mut tick = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
@@ -931,6 +980,7 @@ async fn report_progress(counters: Arc<Counters>, lines: Lines, start: Instant, 
         tick.tick().await;
         let now = Instant::now();
         let secs = (now - last).as_secs_f64().max(1e-9);
+        let warming_up = last < measure_from;
         last = now;
         let acked = counters.acked.load(Ordering::Relaxed);
         let bytes = counters.bytes.load(Ordering::Relaxed);
@@ -941,6 +991,9 @@ async fn report_progress(counters: Arc<Counters>, lines: Lines, start: Instant, 
         let e2e_sum = counters.e2e_sum_us.swap(0, Ordering::Relaxed);
         let e2e_max = counters.e2e_max_us.swap(0, Ordering::Relaxed);
         let mut line = format!("[{:>4.0}s]", (now - start).as_secs_f64());
+        if warming_up {
+            line.push_str(" warm-up:");
+        }
         if producing {
             let n = acked - last_acked;
             line.push_str(&format!(
@@ -1028,7 +1081,13 @@ async fn consume(conn: &Connection, a: PerfConsumeArgs, lines: Lines) -> anyhow:
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + d);
-    let reporter = tokio::spawn(report_progress(counters.clone(), lines, start, false));
+    let reporter = tokio::spawn(report_progress(
+        counters.clone(),
+        lines,
+        start,
+        start,
+        false,
+    ));
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut last_record = start;
     while !(bounded && ends.is_empty()) && a.records.is_none_or(|n| records < n) {
@@ -1100,24 +1159,37 @@ async fn end_to_end(
         consumer.seek(tp, Offset::Latest)?;
         consumer.position(tp).await?;
     }
+    let warmup = a.warmup.unwrap_or_default();
     let _ = lines.send(format!(
-        "End-to-end on '{}' ({} partition(s)): {}-byte records at {} records/s for {:.1} s, acks={}\n",
+        "End-to-end on '{}' ({} partition(s)): {}-byte records at {} records/s for {:.1} s{}, acks={}\n",
         topic.name,
         tps.len(),
         a.producer.record_size,
         a.rate,
         a.duration.as_secs_f64(),
+        if warmup.is_zero() {
+            String::new()
+        } else {
+            format!(" after {:.1} s of warm-up", warmup.as_secs_f64())
+        },
         a.producer.acks,
     ));
     let base = Instant::now();
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(None);
-    let follower = tokio::spawn(follow(consumer, counters.clone(), stop_rx, base));
+    let follower = tokio::spawn(follow(
+        consumer,
+        counters.clone(),
+        stop_rx,
+        warmup.as_nanos() as u64,
+        base,
+    ));
     let plan = Plan {
         records: None,
         duration: Some(a.duration),
         producers: 1,
         rate: Some(a.rate),
+        warmup,
         stamp: true,
         base: Some(base),
         counters: counters.clone(),
@@ -1141,11 +1213,13 @@ async fn end_to_end(
 }
 
 /// Follows the topic and records each record's age (now minus its stamp) until told
-/// how many to expect and they all arrived, or the grace deadline passes.
+/// how many to expect and they all arrived, or the grace deadline passes. Records
+/// stamped before `measure_from` (ns since `base`) are the warm-up: shown, not counted.
 async fn follow(
     mut consumer: Consumer,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<Option<(u64, Instant)>>,
+    measure_from: u64,
     base: Instant,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = new_histogram();
@@ -1171,8 +1245,10 @@ async fn follow(
                     continue; // not ours
                 }
                 let us = (now - sent) / 1000;
-                record_us(&mut hist, us);
-                received += 1;
+                if sent >= measure_from {
+                    record_us(&mut hist, us);
+                    received += 1;
+                }
                 let size = record.value.as_ref().map_or(0, Bytes::len) + record.key.as_ref().map_or(0, Bytes::len);
                 counters.consumed.fetch_add(1, Ordering::Relaxed);
                 counters.consumed_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -1264,8 +1340,11 @@ mod tests {
             "seq:100",
             "--rate",
             "50000",
+            "--warmup",
+            "2",
         ]);
         assert!(a.topic.create);
+        assert_eq!(a.warmup, Some(Duration::from_secs(2)));
         assert_eq!(
             (a.topic.partitions, a.topic.replication_factor),
             (Some(8), Some(3))
@@ -1389,7 +1468,7 @@ mod tests {
             panic!()
         };
         assert_eq!((e.rate, e.duration), (1000.0, Duration::from_millis(2500)));
-        assert_eq!(e.producer.record_size, 64);
+        assert_eq!((e.producer.record_size, e.warmup), (64, None));
         assert!(
             parse(&[
                 "end-to-end",
@@ -1483,6 +1562,48 @@ mod tests {
         assert!((due[1000] - start).abs_diff(Duration::from_secs(1)) < Duration::from_micros(1));
         let mut unlimited = Pacer::new(start, None);
         assert_eq!(unlimited.next_due(), None);
+    }
+
+    #[test]
+    fn a_warm_up_needs_a_duration_to_follow() {
+        let count = [
+            "produce",
+            "--topic",
+            "t",
+            "--record-size",
+            "1",
+            "--records",
+            "10",
+        ];
+        assert!(parse(&count).is_ok());
+        assert!(parse(&[&count[..], &["--warmup", "1"]].concat()).is_err());
+    }
+
+    #[tokio::test]
+    async fn warm_up_records_show_in_progress_but_count_in_no_figure() {
+        let counters = Arc::new(Counters::default());
+        let start = Instant::now();
+        let measure_from = start + Duration::from_millis(50);
+        let recorder = AckRecorder::new(counters.clone(), measure_from);
+        let stored = || {
+            Ok(RecordMetadata {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                timestamp: 0,
+            })
+        };
+        recorder.record(start, 10, stored());
+        recorder.record(start, 10, Err(ClientError::Closed("test".into())));
+        recorder.record(measure_from, 7, stored());
+        let collected = recorder.finish(3).await;
+        assert_eq!((collected.acked, collected.bytes), (1, 7));
+        assert_eq!(collected.hist.len(), 1);
+        // A failure counts whenever it happens: a warm-up must not hide errors.
+        assert_eq!(collected.failed, 1);
+        assert!(collected.first_error.is_some());
+        assert_eq!(counters.acked.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.bytes.load(Ordering::Relaxed), 17);
     }
 
     #[test]
