@@ -153,6 +153,15 @@ impl BrokerProcess {
         }
     }
 
+    /// The broker's anonymous resident memory (heap, stacks) in KiB, read from
+    /// `/proc`; `None` when it is not running.
+    pub fn anon_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused
     }

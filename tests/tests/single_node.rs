@@ -247,6 +247,41 @@ fn perf_produces_consumes_and_measures_end_to_end() {
     assert_eq!(e2e["end_to_end_latency_ms"]["count"], sent, "{e2e}");
 }
 
+/// Idle partitions cost little memory: 200 empty partitions add well under 512 KiB of
+/// heap each (an allocator that asked for transparent huge pages pinned 2 MiB each).
+#[tokio::test]
+async fn idle_partitions_hold_little_heap() {
+    const PARTITIONS: u32 = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let conn = connect(&broker).await;
+    let before = broker.anon_rss_kib().expect("broker memory");
+    Admin::new(conn.clone())
+        .create_topic(NewTopic::new("idle", PARTITIONS))
+        .await
+        .expect("create");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = conn.refresh_metadata().await.expect("metadata");
+        let led = md
+            .topic("idle")
+            .map_or(0, |t| t.available_partitions().len());
+        if led == PARTITIONS as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{led} of {PARTITIONS} partitions led"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = broker.anon_rss_kib().expect("broker memory") - before;
+    assert!(
+        grown < u64::from(PARTITIONS) * 512,
+        "heap grew by {grown} KiB for {PARTITIONS} partitions"
+    );
+}
+
 #[test]
 fn cli_creates_produces_consumes_and_describes() {
     let dir = tempfile::tempdir().expect("tempdir");
