@@ -27,7 +27,8 @@ pub mod workload;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use sluice_client::{Admin, ClientConfig, ClientError, Connection, NewTopic, ProducerConfig};
@@ -216,12 +217,25 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// A port that was free a moment ago, for brokers that must know peers' addresses.
+/// A port that was free a moment ago, for brokers that must know peers' addresses
+/// before they start.
+///
+/// Picked below Linux's ephemeral range (32768-60999): a port the kernel handed out
+/// for `127.0.0.1:0` could be taken by any outgoing connection before the broker
+/// bound it, and a CI run failed on exactly that ("Address already in use"). Each
+/// port is handed out once per process, and each process starts at its own offset.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id() % 120 * 100));
+    for _ in 0..SPAN {
+        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A cluster of broker processes on pre-picked free ports, each with its own data
