@@ -314,6 +314,16 @@ async fn replica_with_torn_and_garbled_tail_recovers_and_serves_only_valid_data(
     if !log.contains("truncating an incomplete or corrupt tail") {
         s.fail(&format!("broker {victim} did not notice the damage"));
     }
+    // Its lost tail may have held entries it acknowledged: voting at once could elect
+    // a lagging peer without them (a follower then held a committed entry the new
+    // leader lacked). It waits until a leader has brought it up to date.
+    if !log.contains("not voting until a leader brings it up to date")
+        || !log.contains("votes again after recovering a damaged log tail")
+    {
+        s.fail(&format!(
+            "broker {victim} did not sit out elections until it had caught up"
+        ));
+    }
     s.finish(w, None).await;
 }
 

@@ -38,6 +38,8 @@ pub struct Appended {
 pub struct Log {
     dir: PathBuf,
     config: LogConfig,
+    /// Opening cut a torn or garbled tail off the active segment.
+    damaged: bool,
     inner: Mutex<Inner>,
     commit: GroupCommit,
 }
@@ -73,6 +75,7 @@ impl Log {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create log dir", &dir, e))?;
         let bases = segment_bases(&dir)?;
+        let mut damaged = false;
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
         let mut bases = bases;
         let mut i = 0;
@@ -123,6 +126,7 @@ impl Log {
                 tracing::warn!(dir = %dir.display(), segment = last, "dropped the segment after a torn sealed segment");
                 seg = open(Role::Active)?;
             }
+            damaged |= seg.torn_tail();
             segments.push(seg);
             i += 1;
         }
@@ -138,6 +142,7 @@ impl Log {
         Ok(Self {
             dir,
             config,
+            damaged,
             inner: Mutex::new(Inner {
                 segments,
                 written: 0,
@@ -145,6 +150,12 @@ impl Log {
             }),
             commit: GroupCommit::default(),
         })
+    }
+
+    /// Whether opening cut a torn or garbled tail: bytes that were written, and may
+    /// have been acknowledged, are gone.
+    pub fn recovered_damage(&self) -> bool {
+        self.damaged
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -8,6 +8,8 @@
 //! - [`network`]: one gRPC service for all groups between two brokers.
 //! - [`producers`]: idempotent producers' sequences (dedupe of retried batches).
 //! - [`meta`]: the small atomically written state files.
+//! - [`abstain`]: a replica that lost a damaged log tail stays out of elections until
+//!   it has caught up.
 //! - this module: [`Replica`], the handle the rest of the broker uses.
 //!
 //! Owns: starting, registering, writing to and stopping a group's replica. Must never
@@ -15,6 +17,7 @@
 //! snapshot or purge on its own (retention decides; see [`RaftTuning`]), and never
 //! acknowledge a write before the promised durability.
 
+pub mod abstain;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -363,6 +366,28 @@ impl Replica {
         )
         .await
         .map_err(|f| fatal_error(f, &failure))?;
+        let sole_voter = match raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .nodes()
+            .count()
+        {
+            0 => members.len() == 1,
+            n => n == 1,
+        };
+        // Before the group is reachable: a vote may arrive at once. A sole voter has
+        // nobody to wait for.
+        if log.recovered_damage() && !sole_voter {
+            let a = Arc::new(abstain::Abstention::default());
+            registry.abstain(group_id, a.clone());
+            tracing::warn!(
+                group_id,
+                node_id,
+                "the log lost a damaged tail: not voting until a leader brings it up to date"
+            );
+            abstain::until_caught_up(raft.clone(), a, group_id);
+        }
         if let Err(e) = registry.register(group_id, raft.clone()) {
             let _ = raft.shutdown().await;
             return Err(e.into());
@@ -380,17 +405,6 @@ impl Replica {
             write_timeout: tuning.write_timeout,
             producers,
             sequences: tokio::sync::Mutex::new(LeaderSequences::default()),
-        };
-        let sole_voter = match replica
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .nodes()
-            .count()
-        {
-            0 => members.len() == 1,
-            n => n == 1,
         };
         let rank = fresh
             .then(|| init_order(&members, preferred_leader))

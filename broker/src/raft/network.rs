@@ -41,6 +41,7 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
 use super::RaftHandle;
+use super::abstain::Abstention;
 use super::state_machine::{GroupSnapshot, PartitionSnapshot};
 use super::types::{BasicNode, NodeId, SnapshotMeta, TypeConfig, Vote};
 
@@ -77,6 +78,10 @@ pub enum TransportError {
     Status(Box<tonic::Status>),
     #[error("peer could not handle the Raft request: {0}")]
     Remote(String),
+    #[error(
+        "the replica of Raft group {group_id} lost a damaged log tail and does not vote until it has caught up"
+    )]
+    Abstaining { group_id: u64 },
 }
 
 /// Encodes a payload: version byte, then postcard.
@@ -115,6 +120,8 @@ pub enum VoteKind {
 #[derive(Clone, Default)]
 pub struct GroupRegistry {
     groups: Arc<RwLock<HashMap<u64, RaftHandle>>>,
+    /// Replicas that must not vote yet (see [`super::abstain`]).
+    abstaining: Arc<RwLock<HashMap<u64, Arc<Abstention>>>>,
 }
 
 impl std::fmt::Debug for GroupRegistry {
@@ -139,6 +146,19 @@ impl GroupRegistry {
         Ok(())
     }
 
+    /// Keeps the group's replica out of elections while `abstention` is active.
+    pub fn abstain(&self, group_id: u64, abstention: Arc<Abstention>) {
+        self.abstaining
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group_id, abstention);
+    }
+
+    fn abstention(&self, group_id: u64) -> Option<Arc<Abstention>> {
+        let abstaining = self.abstaining.read().unwrap_or_else(|p| p.into_inner());
+        abstaining.get(&group_id).filter(|a| a.active()).cloned()
+    }
+
     pub fn contains(&self, group_id: u64) -> bool {
         self.groups
             .read()
@@ -147,6 +167,10 @@ impl GroupRegistry {
     }
 
     pub fn unregister(&self, group_id: u64) -> Option<RaftHandle> {
+        self.abstaining
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group_id);
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -224,26 +248,37 @@ type Reply = Result<tonic::Response<RaftResponse>, tonic::Status>;
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: tonic::Request<RaftRequest>) -> Reply {
+        let req = request.into_inner();
+        let abstention = self.registry.abstention(req.group_id);
         let resp = self
-            .handle(
-                request.into_inner(),
-                |raft, rpc: AppendEntriesRpc| async move { raft.append_entries(rpc).await },
-            )
+            .handle(req, |raft, rpc: AppendEntriesRpc| async move {
+                if let Some(a) = abstention {
+                    a.heard_commit(rpc.leader_commit);
+                }
+                raft.append_entries(rpc).await
+            })
             .await;
         Ok(tonic::Response::new(resp))
     }
 
     async fn vote(&self, request: tonic::Request<RaftRequest>) -> Reply {
+        let req = request.into_inner();
+        if self.registry.abstention(req.group_id).is_some() {
+            let error = TransportError::Abstaining {
+                group_id: req.group_id,
+            };
+            return Ok(tonic::Response::new(RaftResponse {
+                payload: Bytes::new(),
+                error: error.to_string(),
+            }));
+        }
         let resp = self
-            .handle(
-                request.into_inner(),
-                |raft, (kind, rpc): VoteRpc| async move {
-                    match kind {
-                        VoteKind::Vote => raft.vote(rpc).await,
-                        VoteKind::PreVote => raft.pre_vote(rpc).await,
-                    }
-                },
-            )
+            .handle(req, |raft, (kind, rpc): VoteRpc| async move {
+                match kind {
+                    VoteKind::Vote => raft.vote(rpc).await,
+                    VoteKind::PreVote => raft.pre_vote(rpc).await,
+                }
+            })
             .await;
         Ok(tonic::Response::new(resp))
     }
