@@ -20,8 +20,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use sluice_tools::cmd::perf::{
-    ConsumeReport, Latency, Pacer, ProduceReport, Report, SplitMix64, new_histogram, payload,
-    read_stamp, record_us, seed, split_evenly, stamp,
+    ConsumeReport, Latency, Pacer, Report, SplitMix64, Tally, new_histogram, payload, read_stamp,
+    record_us, seed, split_evenly, stamp,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -67,44 +67,6 @@ pub struct LoadShape {
     pub rate: Option<f64>,
 }
 
-/// What one producer counted.
-struct Tally {
-    hist: Histogram<u64>,
-    acked: u64,
-    bytes: u64,
-    failed: u64,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn new() -> Self {
-        Self {
-            hist: new_histogram(),
-            acked: 0,
-            bytes: 0,
-            failed: 0,
-            first_error: None,
-        }
-    }
-
-    fn fail(&mut self, records: u64, error: &anyhow::Error) {
-        self.failed += records;
-        self.first_error.get_or_insert_with(|| format!("{error:#}"));
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.hist
-            .add(&other.hist)
-            .expect("histograms share their bounds");
-        self.acked += other.acked;
-        self.bytes += other.bytes;
-        self.failed += other.failed;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-}
-
 /// Runs one sending loop per publisher for the shape's warm-up and duration and
 /// reports like `sluice perf produce`. With `stamp_base` (then also the start), each
 /// value carries its send time (ns since that instant) in its first 8 bytes, for
@@ -139,23 +101,14 @@ pub async fn produce<P: Publisher>(
         };
         tasks.push(tokio::spawn(sender.run()));
     }
-    let mut total = Tally::new();
+    let mut total = Tally::default();
     for task in tasks {
         total.merge(task.await.context("a producer task failed")?);
     }
     let elapsed = measure_from.elapsed();
-    Ok(Report::Produce(ProduceReport {
-        mode: "produce",
-        topic: shape.topic.clone(),
-        records: total.acked,
-        failed: total.failed,
-        bytes: total.bytes,
-        elapsed,
-        ack_latency: Latency::from_histogram(&total.hist),
-        consumed: None,
-        e2e_latency: None,
-        first_error: total.first_error,
-    }))
+    Ok(Report::Produce(
+        total.into_report(shape.topic.clone(), elapsed),
+    ))
 }
 
 /// One producer: publishes batches round-robin over the partitions while its window
@@ -236,13 +189,13 @@ impl<P: Publisher> SendLoop<P> {
         let mut tally = match collector.await {
             Ok(tally) => tally,
             Err(e) => {
-                let mut t = Tally::new();
-                t.fail(0, &anyhow::anyhow!("the ack collector failed: {e}"));
+                let mut t = Tally::default();
+                t.fail(0, anyhow::anyhow!("the ack collector failed: {e}"));
                 t
             }
         };
         if let Some((records, e)) = send_error {
-            tally.fail(records, &e.context("cannot publish"));
+            tally.fail(records, e.context("cannot publish"));
         }
         tally
     }
@@ -257,7 +210,7 @@ async fn collect(
     record_bytes: u64,
     measure_from: Instant,
 ) -> Tally {
-    let mut tally = Tally::new();
+    let mut tally = Tally::default();
     let mut pending = FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -273,15 +226,8 @@ async fn collect(
                 room.add_permits(records as usize);
                 match result {
                     Ok(()) if at < measure_from => {}
-                    Ok(()) => {
-                        let us = latency.as_micros() as u64;
-                        for _ in 0..records {
-                            record_us(&mut tally.hist, us);
-                        }
-                        tally.acked += records;
-                        tally.bytes += records * record_bytes;
-                    }
-                    Err(e) => tally.fail(records, &e),
+                    Ok(()) => tally.ack(records, record_bytes, latency.as_micros() as u64),
+                    Err(e) => tally.fail(records, e),
                 }
             }
             else => break,

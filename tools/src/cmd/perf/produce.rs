@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use sluice_client::{Connection, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 
 use super::progress::{Counters, Lines, report_progress};
@@ -31,27 +30,6 @@ pub(super) struct Plan {
     pub(super) counters: Arc<Counters>,
 }
 
-/// What one producer's collector saw, warm-up left out (failures count always).
-struct Collected {
-    hist: Histogram<u64>,
-    acked: u64,
-    bytes: u64,
-    failed: u64,
-    first_error: Option<String>,
-}
-
-impl Collected {
-    fn new() -> Self {
-        Self {
-            hist: new_histogram(),
-            acked: 0,
-            bytes: 0,
-            failed: 0,
-            first_error: None,
-        }
-    }
-}
-
 /// One producer's acknowledgements, recorded by its delivery callbacks (on the
 /// producer's background task: no future per record to poll).
 struct AckRecorder {
@@ -59,7 +37,7 @@ struct AckRecorder {
     /// Records sent before this only warm up: the progress line shows them, the
     /// report does not.
     measure_from: Instant,
-    collected: std::sync::Mutex<Collected>,
+    tally: std::sync::Mutex<Tally>,
     /// Records whose outcome has been recorded.
     done: AtomicU64,
     progress: tokio::sync::Notify,
@@ -70,14 +48,14 @@ impl AckRecorder {
         Self {
             counters,
             measure_from,
-            collected: std::sync::Mutex::new(Collected::new()),
+            tally: std::sync::Mutex::default(),
             done: AtomicU64::new(0),
             progress: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
-        self.collected.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the outcome of a record of `bytes` sent at `at`.
@@ -87,10 +65,7 @@ impl AckRecorder {
             Ok(_) => {
                 let us = at.elapsed().as_micros() as u64;
                 if at >= self.measure_from {
-                    let mut collected = self.lock();
-                    record_us(&mut collected.hist, us);
-                    collected.acked += 1;
-                    collected.bytes += bytes;
+                    self.lock().ack(1, bytes, us);
                 }
                 c.acked.fetch_add(1, Ordering::Relaxed);
                 c.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -99,9 +74,7 @@ impl AckRecorder {
             }
             Err(e) => {
                 c.failed.fetch_add(1, Ordering::Relaxed);
-                let mut collected = self.lock();
-                collected.failed += 1;
-                collected.first_error.get_or_insert_with(|| e.to_string());
+                self.lock().fail(1, e);
             }
         }
         self.done.fetch_add(1, Ordering::Release);
@@ -109,7 +82,7 @@ impl AckRecorder {
     }
 
     /// Waits until `sent` outcomes have been recorded, then hands them over.
-    async fn finish(&self, sent: u64) -> Collected {
+    async fn finish(&self, sent: u64) -> Tally {
         loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);
@@ -119,7 +92,7 @@ impl AckRecorder {
             }
             progress.await;
         }
-        std::mem::replace(&mut *self.lock(), Collected::new())
+        std::mem::take(&mut *self.lock())
     }
 }
 
@@ -187,39 +160,20 @@ pub(super) async fn produce(
         };
         tasks.push((tokio::spawn(sender.run()), recorder));
     }
-    let mut total = Collected::new();
+    let mut total = Tally::default();
     for (sender, recorder) in tasks {
         let (sent, result) = sender.await.context("a producer task failed")?;
         // Every record sent gets its callback: close() waited for each outcome.
-        let collected = recorder.finish(sent).await;
-        total
-            .hist
-            .add(&collected.hist)
-            .expect("same histogram bounds");
-        total.acked += collected.acked;
-        total.bytes += collected.bytes;
-        total.failed += collected.failed;
+        total.merge(recorder.finish(sent).await);
         if let Err(e) = result {
             total.first_error.get_or_insert(format!("{e:#}"));
-        }
-        if let Some(e) = collected.first_error {
-            total.first_error.get_or_insert(e);
         }
     }
     let elapsed = measure_from.elapsed();
     reporter.abort();
-    Ok(Report::Produce(ProduceReport {
-        mode: "produce",
-        topic: topic.to_owned(),
-        records: total.acked,
-        failed: total.failed,
-        bytes: total.bytes,
-        elapsed,
-        ack_latency: Latency::from_histogram(&total.hist),
-        consumed: None,
-        e2e_latency: None,
-        first_error: total.first_error,
-    }))
+    Ok(Report::Produce(
+        total.into_report(topic.to_owned(), elapsed),
+    ))
 }
 
 /// One producer's sending loop.
@@ -310,12 +264,12 @@ mod tests {
         recorder.record(start, 10, stored());
         recorder.record(start, 10, Err(ClientError::Closed("test".into())));
         recorder.record(measure_from, 7, stored());
-        let collected = recorder.finish(3).await;
-        assert_eq!((collected.acked, collected.bytes), (1, 7));
-        assert_eq!(collected.hist.len(), 1);
+        let tally = recorder.finish(3).await;
+        assert_eq!((tally.acked, tally.bytes), (1, 7));
+        assert_eq!(tally.hist.len(), 1);
         // A failure counts whenever it happens: a warm-up must not hide errors.
-        assert_eq!(collected.failed, 1);
-        assert!(collected.first_error.is_some());
+        assert_eq!(tally.failed, 1);
+        assert!(tally.first_error.is_some());
         assert_eq!(counters.acked.load(Ordering::Relaxed), 2);
         assert_eq!(counters.bytes.load(Ordering::Relaxed), 17);
     }

@@ -80,6 +80,72 @@ pub fn record_us(h: &mut Histogram<u64>, us: u64) {
     h.saturating_record(us.max(1));
 }
 
+/// What producers counted toward the report, the load generators' one tally: the
+/// warm-up left out, failures always in.
+#[derive(Debug)]
+pub struct Tally {
+    pub hist: Histogram<u64>,
+    pub acked: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            hist: new_histogram(),
+            acked: 0,
+            bytes: 0,
+            failed: 0,
+            first_error: None,
+        }
+    }
+}
+
+impl Tally {
+    /// `records` records of `bytes_each` acknowledged `us` microseconds after sending.
+    pub fn ack(&mut self, records: u64, bytes_each: u64, us: u64) {
+        self.hist.saturating_record_n(us.max(1), records);
+        self.acked += records;
+        self.bytes += records * bytes_each;
+    }
+
+    /// `records` records failed; the first error is kept.
+    pub fn fail(&mut self, records: u64, error: impl std::fmt::Display) {
+        self.failed += records;
+        self.first_error.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share their bounds");
+        self.acked += other.acked;
+        self.bytes += other.bytes;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    /// The `perf produce` report of what was counted over `elapsed`.
+    pub fn into_report(self, topic: String, elapsed: Duration) -> ProduceReport {
+        ProduceReport {
+            mode: "produce",
+            topic,
+            records: self.acked,
+            failed: self.failed,
+            bytes: self.bytes,
+            elapsed,
+            ack_latency: Latency::from_histogram(&self.hist),
+            consumed: None,
+            e2e_latency: None,
+            first_error: self.first_error,
+        }
+    }
+}
+
 /// What `perf produce` and `perf end-to-end` measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceReport {
@@ -235,6 +301,24 @@ mod tests {
             record_us(&mut h, us * 10);
         }
         Latency::from_histogram(&h).unwrap()
+    }
+
+    #[test]
+    fn a_tally_counts_every_record_and_keeps_the_first_error() {
+        let mut a = Tally::default();
+        a.ack(3, 100, 2_000);
+        a.fail(2, "refused");
+        let mut b = Tally::default();
+        b.ack(1, 100, 0);
+        b.fail(1, "later");
+        a.merge(b);
+        assert_eq!((a.acked, a.bytes, a.failed), (4, 400, 3));
+        assert_eq!(a.hist.len(), 4, "one latency sample per record");
+        assert_eq!(a.hist.min(), 1, "a zero latency counts as 1 us");
+        let r = a.into_report("t".into(), Duration::from_secs(2));
+        assert_eq!((r.records, r.failed, r.bytes), (4, 3, 400));
+        assert_eq!(r.first_error.as_deref(), Some("refused"));
+        assert_eq!(r.ack_latency.map(|l| l.count), Some(4));
     }
 
     #[test]
