@@ -318,7 +318,7 @@ async fn replica_with_torn_and_garbled_tail_recovers_and_serves_only_valid_data(
     // a lagging peer without them (a follower then held a committed entry the new
     // leader lacked). It waits until a leader has brought it up to date.
     if !log.contains("not voting until a leader brings it up to date")
-        || !log.contains("votes again after recovering a damaged log tail")
+        || !log.contains("caught up after a damaged log tail: votes again")
     {
         s.fail(&format!(
             "broker {victim} did not sit out elections until it had caught up"

@@ -39,8 +39,8 @@ impl Abstention {
         !self.over.load(Ordering::Acquire)
     }
 
-    /// Notes the commit index an AppendEntries carried; the first one heard is the
-    /// point the replica must reach.
+    /// Notes the commit index an accepted AppendEntries carried; the first one heard
+    /// is the point the replica must reach (a later one would move on under load).
     pub fn heard_commit(&self, leader_commit: Option<LogId>) {
         let next = leader_commit.map_or(0, |c| c.index + 1);
         let _ = self
@@ -80,11 +80,14 @@ pub fn until_caught_up(raft: RaftHandle, abstention: Arc<Abstention>, group_id: 
             if caught_up || leaderless {
                 abstention.over.store(true, Ordering::Release);
                 raft.runtime_config().elect(true);
-                tracing::info!(
-                    group_id,
-                    caught_up,
-                    "replica votes again after recovering a damaged log tail"
-                );
+                if caught_up {
+                    tracing::info!(group_id, "caught up after a damaged log tail: votes again");
+                } else {
+                    tracing::warn!(
+                        group_id,
+                        "no leader for {LEADERLESS_GRACE:?} after a damaged log tail: votes again"
+                    );
+                }
                 return;
             }
             tokio::select! {

@@ -252,10 +252,15 @@ impl raft_server::Raft for RaftService {
         let abstention = self.registry.abstention(req.group_id);
         let resp = self
             .handle(req, |raft, rpc: AppendEntriesRpc| async move {
-                if let Some(a) = abstention {
-                    a.heard_commit(rpc.leader_commit);
+                let leader_commit = rpc.leader_commit;
+                let resp = raft.append_entries(rpc).await;
+                // Only a leader this replica follows sets the point it must reach.
+                if let (Some(a), Ok(r)) = (abstention, &resp)
+                    && !matches!(r, AppendEntriesResponse::HigherVote(_))
+                {
+                    a.heard_commit(leader_commit);
                 }
-                raft.append_entries(rpc).await
+                resp
             })
             .await;
         Ok(tonic::Response::new(resp))
