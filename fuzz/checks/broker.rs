@@ -9,6 +9,7 @@ use sluice_broker::log::frame::{self, EntryKind, FRAME_HEADER_LEN};
 use sluice_broker::log::index::{Index, IndexEntry, OffsetEntry, TimeEntry};
 use sluice_broker::log::{EntryId, Log, LogConfig};
 use sluice_broker::raft::network::{self, AppendEntriesRpc, SnapshotRpc, VoteRpc};
+use sluice_broker::raft::pulse;
 use sluice_proto::raft::RaftRequest;
 
 /// Name of the single segment `log_recovery` writes.
@@ -186,5 +187,7 @@ pub fn peer_request_decode(data: &[u8]) {
         let _ = network::decode::<AppendEntriesRpc>(p);
         let _ = network::decode::<VoteRpc>(p);
         let _ = network::decode::<SnapshotRpc>(p);
+        let _ = network::decode::<pulse::Beat>(p);
+        let _ = network::decode::<pulse::BeatReply>(p);
     }
 }

@@ -56,10 +56,10 @@ impl Abstention {
     }
 }
 
-/// Stops `raft` from campaigning and ends the abstention once it has caught up (or
-/// found no leader for [`LEADERLESS_GRACE`]).
+/// Ends the abstention once `raft` has caught up (or found no leader for
+/// [`LEADERLESS_GRACE`]). Meanwhile the pulse does not stand it for election and the
+/// RPC server refuses votes on its behalf.
 pub fn until_caught_up(raft: RaftHandle, abstention: Arc<Abstention>, group_id: u64) {
-    raft.runtime_config().elect(false);
     tokio::spawn(async move {
         let mut metrics = raft.metrics();
         let mut leaderless_since = Some(Instant::now());
@@ -79,7 +79,6 @@ pub fn until_caught_up(raft: RaftHandle, abstention: Arc<Abstention>, group_id: 
             };
             if caught_up || leaderless {
                 abstention.over.store(true, Ordering::Release);
-                raft.runtime_config().elect(true);
                 if caught_up {
                     tracing::info!(group_id, "caught up after a damaged log tail: votes again");
                 } else {

@@ -10,6 +10,8 @@
 //! - [`meta`]: the small atomically written state files.
 //! - [`abstain`]: a replica that lost a damaged log tail stays out of elections until
 //!   it has caught up.
+//! - [`pulse`]: one beat per broker pair drives every group's elections (openraft's
+//!   per-group timers are off).
 //! - this module: [`Replica`], the handle the rest of the broker uses.
 //!
 //! Owns: starting, registering, writing to and stopping a group's replica. Must never
@@ -22,6 +24,7 @@ pub mod log_store;
 pub mod meta;
 pub mod network;
 pub mod producers;
+pub mod pulse;
 pub mod state_machine;
 pub mod types;
 
@@ -42,7 +45,7 @@ use openraft::errors::{
 use openraft::impls::ProgressResponder;
 use openraft::metrics::WaitError;
 use openraft::raft::ClientWriteResult;
-use openraft::{Config, LinearizerOption, SnapshotPolicy};
+use openraft::{Config, Instant as _, LinearizerOption, SnapshotPolicy};
 use sluice_proto::batch::{BatchHeader, HeaderError};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -204,6 +207,9 @@ impl RaftTuning {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             enable_pre_vote: Some(true),
+            // The broker's pulse stands replicas for election and heartbeats idle groups
+            // (see [`pulse`]): per-group ticks cost a core for a thousand partitions.
+            enable_tick: false,
             // A follower's log can end before entries it acknowledged: recovery cuts a
             // frame that fails its CRC (a bad sector, a damaged file), and the replica
             // comes back shorter. The leader then replicates to it again from where its
@@ -299,6 +305,9 @@ pub struct Replica {
     failure: Arc<StorageFailure>,
     registry: GroupRegistry,
     write_timeout: Duration,
+    /// A write renews the leader lease first when no quorum acknowledged this leader
+    /// for this long (half the lease).
+    lease_renewal: Duration,
     /// Applied by the state machine; read by the leader's sequence checks.
     producers: Arc<Mutex<ProducerTable>>,
     /// Held across check and submit so stamped batches are checked in log order.
@@ -392,6 +401,7 @@ impl Replica {
             let _ = raft.shutdown().await;
             return Err(e.into());
         }
+        pulse::ensure_running(registry, node_id, network, &tuning);
         let replica = Self {
             group_id,
             node_id,
@@ -403,6 +413,7 @@ impl Replica {
             failure,
             registry: registry.clone(),
             write_timeout: tuning.write_timeout,
+            lease_renewal: tuning.election_timeout_max / 2,
             producers,
             sequences: tokio::sync::Mutex::new(LeaderSequences::default()),
         };
@@ -437,9 +448,6 @@ impl Replica {
                     return Err(err);
                 }
             }
-        }
-        if sole_voter {
-            quiet_when_alone(replica.raft.clone());
         }
         tracing::info!(group_id, node_id, fresh, sole_voter, "replica started");
         Ok(replica)
@@ -484,9 +492,15 @@ impl Replica {
     /// keeps in memory may be read only after this: a leader cut off from the others
     /// does not know at once that another was elected and took writes.
     pub async fn confirm_leadership(&self) -> Result<(), ReplicaError> {
+        self.quorum_ack_within(None).await
+    }
+
+    /// Has a quorum acknowledge this leader if none has within `max_age` (default: the
+    /// lease), heartbeating at once.
+    async fn quorum_ack_within(&self, max_age: Option<Duration>) -> Result<(), ReplicaError> {
         match self
             .raft
-            .get_read_linearizer(LinearizerOption::new(None, true))
+            .get_read_linearizer(LinearizerOption::new(max_age, true))
             .await
         {
             Ok(_) => Ok(()),
@@ -649,6 +663,27 @@ impl Replica {
         }
     }
 
+    /// openraft refuses writes from a leader no quorum has acknowledged within its lease,
+    /// and a group nobody writes to sends no heartbeats (see [`pulse`]): so the first
+    /// write after a quiet spell has the followers acknowledge this leader first (one
+    /// heartbeat round). Under load replication keeps the lease fresh and this is a
+    /// metrics read.
+    async fn renew_idle_lease(&self) -> Result<(), ReplicaError> {
+        let stale = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let replicated = m.membership_config.voter_ids().nth(1).is_some();
+            replicated
+                && m.last_quorum_acked
+                    .as_ref()
+                    .is_none_or(|acked| acked.elapsed() >= self.lease_renewal)
+        };
+        if stale {
+            self.quorum_ack_within(Some(self.lease_renewal)).await?;
+        }
+        Ok(())
+    }
+
     fn producer_table(&self) -> std::sync::MutexGuard<'_, ProducerTable> {
         self.producers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -688,6 +723,7 @@ impl Replica {
         acks: Acks,
         stamp: Option<Stamp>,
     ) -> Result<PendingWrite, ReplicaError> {
+        self.renew_idle_lease().await?;
         let leader_ack = (acks == Acks::Leader).then(|| self.acks.register(&batch));
         let (responder, completed) = match acks {
             Acks::None => (None, None),
@@ -927,26 +963,6 @@ fn init_order(members: &BTreeMap<NodeId, BasicNode>, preferred: Option<NodeId>) 
         .into_iter()
         .chain(members.keys().copied().filter(|&id| Some(id) != first))
         .collect()
-}
-
-/// Stops openraft's timer for a group whose only voter is this broker, once it leads:
-/// with nobody to send heartbeats to and nobody to elect, the tick (five times per
-/// heartbeat interval) is pure cost — a broker with a thousand single-replica
-/// partitions spent half a core on it. Elections need the tick, so it runs until
-/// this replica leads.
-fn quiet_when_alone(raft: RaftHandle) {
-    tokio::spawn(async move {
-        let alone = raft
-            .wait(None)
-            .metrics(
-                |m| m.state.is_leader() && m.membership_config.nodes().count() == 1,
-                "sole voter leads",
-            )
-            .await;
-        if alone.is_ok() {
-            raft.runtime_config().tick(false);
-        }
-    });
 }
 
 fn wait_error(e: WaitError) -> ReplicaError {

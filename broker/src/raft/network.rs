@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +42,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::RaftHandle;
 use super::abstain::Abstention;
+use super::pulse::{Beat, BeatReply, Pulse};
 use super::state_machine::{GroupSnapshot, PartitionSnapshot};
 use super::types::{BasicNode, NodeId, SnapshotMeta, TypeConfig, Vote};
 
@@ -82,6 +83,10 @@ pub enum TransportError {
         "the replica of Raft group {group_id} lost a damaged log tail and does not vote until it has caught up"
     )]
     Abstaining { group_id: u64 },
+    #[error(
+        "broker {leader} still leads Raft group {group_id} as far as this replica hears: no pre-vote"
+    )]
+    LeaderAlive { group_id: u64, leader: NodeId },
 }
 
 /// Encodes a payload: version byte, then postcard.
@@ -116,12 +121,31 @@ pub enum VoteKind {
     PreVote,
 }
 
-/// The groups running on this broker, by group id.
+/// The groups running on this broker, by group id, and the broker's [`Pulse`]. Cheap
+/// to clone.
 #[derive(Clone, Default)]
 pub struct GroupRegistry {
-    groups: Arc<RwLock<HashMap<u64, RaftHandle>>>,
+    inner: Arc<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    groups: RwLock<HashMap<u64, RaftHandle>>,
     /// Replicas that must not vote yet (see [`super::abstain`]).
-    abstaining: Arc<RwLock<HashMap<u64, Arc<Abstention>>>>,
+    abstaining: RwLock<HashMap<u64, Arc<Abstention>>>,
+    pulse: Arc<Pulse>,
+}
+
+/// A registry that does not keep the broker's groups alive (held by the pulse's task).
+#[derive(Clone, Default)]
+pub struct WeakRegistry {
+    inner: Weak<RegistryInner>,
+}
+
+impl WeakRegistry {
+    pub fn upgrade(&self) -> Option<GroupRegistry> {
+        self.inner.upgrade().map(|inner| GroupRegistry { inner })
+    }
 }
 
 impl std::fmt::Debug for GroupRegistry {
@@ -137,48 +161,72 @@ impl GroupRegistry {
         Self::default()
     }
 
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// This broker's pulse: the beats it hears and the timers of its elections.
+    pub fn pulse(&self) -> &Arc<Pulse> {
+        &self.inner.pulse
+    }
+
     pub fn register(&self, group_id: u64, raft: RaftHandle) -> Result<(), TransportError> {
-        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        let mut groups = self.inner.groups.write().unwrap_or_else(|p| p.into_inner());
         if groups.contains_key(&group_id) {
             return Err(TransportError::AlreadyRegistered { group_id });
         }
-        groups.insert(group_id, raft);
+        groups.insert(group_id, raft.clone());
+        drop(groups);
+        self.inner.pulse.track(group_id, &raft);
         Ok(())
     }
 
     /// Keeps the group's replica out of elections while `abstention` is active.
     pub fn abstain(&self, group_id: u64, abstention: Arc<Abstention>) {
-        self.abstaining
+        self.inner
+            .abstaining
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(group_id, abstention);
     }
 
-    fn abstention(&self, group_id: u64) -> Option<Arc<Abstention>> {
-        let abstaining = self.abstaining.read().unwrap_or_else(|p| p.into_inner());
+    /// The group's abstention, while it lasts.
+    pub fn abstention(&self, group_id: u64) -> Option<Arc<Abstention>> {
+        let abstaining = self
+            .inner
+            .abstaining
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         abstaining.get(&group_id).filter(|a| a.active()).cloned()
     }
 
     pub fn contains(&self, group_id: u64) -> bool {
-        self.groups
+        self.inner
+            .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&group_id)
     }
 
     pub fn unregister(&self, group_id: u64) -> Option<RaftHandle> {
-        self.abstaining
+        self.inner.pulse.untrack(group_id);
+        self.inner
+            .abstaining
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group_id);
-        self.groups
+        self.inner
+            .groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&group_id)
     }
 
     pub fn get(&self, group_id: u64) -> Result<RaftHandle, TransportError> {
-        self.groups
+        self.inner
+            .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&group_id)
@@ -188,6 +236,7 @@ impl GroupRegistry {
 
     pub fn group_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
+            .inner
             .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -222,24 +271,28 @@ impl RaftService {
         Req: DeserializeOwned,
         Resp: Serialize,
         F: FnOnce(RaftHandle, Req) -> Fut,
-        Fut: Future<Output = Resp>,
+        Fut: Future<Output = Result<Resp, TransportError>>,
     {
         let outcome = async {
             let raft = self.registry.get(req.group_id)?;
             let rpc: Req = decode(&req.payload)?;
-            encode(&call(raft, rpc).await)
+            encode(&call(raft, rpc).await?)
         }
         .await;
-        match outcome {
-            Ok(payload) => RaftResponse {
-                payload,
-                error: String::new(),
-            },
-            Err(e) => RaftResponse {
-                payload: Bytes::new(),
-                error: e.to_string(),
-            },
-        }
+        reply(outcome)
+    }
+}
+
+fn reply(outcome: Result<Bytes, TransportError>) -> RaftResponse {
+    match outcome {
+        Ok(payload) => RaftResponse {
+            payload,
+            error: String::new(),
+        },
+        Err(e) => RaftResponse {
+            payload: Bytes::new(),
+            error: e.to_string(),
+        },
     }
 }
 
@@ -260,7 +313,7 @@ impl raft_server::Raft for RaftService {
                 {
                     a.heard_commit(leader_commit);
                 }
-                resp
+                Ok(resp)
             })
             .await;
         Ok(tonic::Response::new(resp))
@@ -268,20 +321,20 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, request: tonic::Request<RaftRequest>) -> Reply {
         let req = request.into_inner();
-        if self.registry.abstention(req.group_id).is_some() {
-            let error = TransportError::Abstaining {
-                group_id: req.group_id,
-            };
-            return Ok(tonic::Response::new(RaftResponse {
-                payload: Bytes::new(),
-                error: error.to_string(),
-            }));
+        let group_id = req.group_id;
+        if self.registry.abstention(group_id).is_some() {
+            let error = TransportError::Abstaining { group_id };
+            return Ok(tonic::Response::new(reply(Err(error))));
         }
+        let pulse = self.registry.pulse().clone();
         let resp = self
             .handle(req, |raft, (kind, rpc): VoteRpc| async move {
                 match kind {
-                    VoteKind::Vote => raft.vote(rpc).await,
-                    VoteKind::PreVote => raft.pre_vote(rpc).await,
+                    VoteKind::Vote => Ok(raft.vote(rpc).await),
+                    VoteKind::PreVote => match pulse.live_leader(group_id, &raft, &rpc.vote) {
+                        Some(leader) => Err(TransportError::LeaderAlive { group_id, leader }),
+                        None => Ok(raft.pre_vote(rpc).await),
+                    },
                 }
             })
             .await;
@@ -297,11 +350,17 @@ impl raft_server::Raft for RaftService {
                         meta,
                         snapshot: data,
                     };
-                    raft.install_full_snapshot(vote, snapshot).await
+                    Ok(raft.install_full_snapshot(vote, snapshot).await)
                 },
             )
             .await;
         Ok(tonic::Response::new(resp))
+    }
+
+    async fn beat(&self, request: tonic::Request<RaftRequest>) -> Reply {
+        let outcome = decode::<Beat>(&request.into_inner().payload)
+            .and_then(|beat| encode(&self.registry.pulse().on_beat(beat)));
+        Ok(tonic::Response::new(reply(outcome)))
     }
 }
 
@@ -396,6 +455,25 @@ impl Network {
         Ok(channel)
     }
 
+    /// Sends `beat` (encoded) to broker `target`, advertised at `addr`.
+    pub async fn beat(
+        &self,
+        local: NodeId,
+        target: NodeId,
+        addr: &str,
+        beat: Bytes,
+        ttl: Duration,
+    ) -> Result<BeatReply, TransportError> {
+        let client = PeerClient {
+            group_id: 0,
+            local,
+            target,
+            addr: self.inner.options.dial.addr(target, addr).to_string(),
+            network: self.clone(),
+        };
+        client.call(Rpc::Beat, beat, ttl).await
+    }
+
     /// The openraft network factory of one group on this broker (`local` is its node id).
     pub fn group(&self, group_id: u64, local: NodeId) -> GroupNetwork {
         GroupNetwork {
@@ -434,6 +512,7 @@ enum Rpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    Beat,
 }
 
 /// One group's connection to one peer.
@@ -467,6 +546,7 @@ impl PeerClient {
                 Rpc::AppendEntries => client.append_entries(request).await,
                 Rpc::Vote => client.vote(request).await,
                 Rpc::InstallSnapshot => client.install_snapshot(request).await,
+                Rpc::Beat => client.beat(request).await,
             }
         };
         let resp = tokio::time::timeout(ttl, sent)

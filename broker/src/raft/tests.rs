@@ -388,6 +388,28 @@ async fn wait_for_new_leader(replicas: &[&Replica], old: NodeId, within: Duratio
     }
 }
 
+/// Starts group `group_id` with a replica on each server and waits for its leader.
+async fn start_group_on(
+    servers: &[Server],
+    group_id: u64,
+    members: &BTreeMap<NodeId, BasicNode>,
+    dirs: &[TempDir],
+) -> (Vec<Replica>, NodeId) {
+    let mut replicas = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let spec = ReplicaSpec::new(group_id, i as u64 + 1, dirs[i].path(), members.clone())
+            .log_config(small_log())
+            .tuning(fast_tuning());
+        let replica = Replica::start(spec, &server.registry, &Network::default())
+            .await
+            .expect("start");
+        replicas.push(replica);
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = wait_for_new_leader(&all, u64::MAX, Duration::from_secs(5)).await;
+    (replicas, leader)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_over_grpc_replicate_and_fail_over() {
     let started = Instant::now();
@@ -493,24 +515,59 @@ async fn three_replicas_over_grpc_replicate_and_fail_over() {
     eprintln!("three replica test took {:?}", started.elapsed());
 }
 
+/// openraft's own timers are off (see `raft::pulse`): a group nobody writes to sends
+/// no heartbeats and holds no elections, yet its leader takes the next write at once,
+/// renewing the lease that ran out meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_stays_quiet_and_its_leader_takes_the_next_write() {
+    let (servers, members, dirs) = three_nodes().await;
+    let (replicas, id) = start_group_on(&servers, 32, &members, &dirs).await;
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = all[id as usize - 1];
+    let term = leader.term();
+    let w = leader.write(batch(1, 1), Acks::All).await.expect("write");
+    assert_eq!(w.base_offset, Some(0));
+
+    let quiet = fast_tuning().election_timeout_max * 2;
+    tokio::time::sleep(quiet).await;
+    let acked = leader
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .last_quorum_acked
+        .map(|t| t.elapsed());
+    assert!(
+        acked.is_some_and(|a| a >= quiet / 2),
+        "followers were still heartbeaten while idle: last acknowledged {acked:?} ago"
+    );
+    for r in &all {
+        assert_eq!(r.leader(), Some(id), "an election happened while idle");
+        assert_eq!(r.term(), term);
+    }
+
+    let w = leader
+        .write(batch(2, 1), Acks::All)
+        .await
+        .expect("first write after a quiet spell");
+    assert_eq!(w.base_offset, Some(1));
+    for r in &all {
+        wait_hw(r, 2, Duration::from_secs(5)).await;
+    }
+    for r in replicas {
+        r.shutdown().await.expect("shutdown");
+    }
+    for s in servers {
+        s.stop().await;
+    }
+}
+
 /// A leader cut off from both followers still believes it leads for a while (openraft
 /// steps down only when it hears of a higher term); reads of what it keeps in memory
 /// must not be served then, since the followers may elect another and take writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_quorum_cannot_confirm_its_leadership() {
     let (mut servers, members, dirs) = three_nodes().await;
-    let mut replicas = Vec::new();
-    for (i, server) in servers.iter().enumerate() {
-        let spec = ReplicaSpec::new(31, i as u64 + 1, dirs[i].path(), members.clone())
-            .log_config(small_log())
-            .tuning(fast_tuning());
-        let replica = Replica::start(spec, &server.registry, &Network::default())
-            .await
-            .expect("start");
-        replicas.push(replica);
-    }
-    let all: Vec<&Replica> = replicas.iter().collect();
-    let leader = wait_for_new_leader(&all, u64::MAX, Duration::from_secs(5)).await;
+    let (replicas, leader) = start_group_on(&servers, 31, &members, &dirs).await;
     let li = leader as usize - 1;
     replicas[li]
         .confirm_leadership()
