@@ -8,7 +8,8 @@
 //! with `checker::EXACTLY_ONCE` on (idempotent producers), no duplicate and each
 //! producer's records in the order it sent them. A consumer group reads along and
 //! commits; the committed offsets it was answered must never go backward nor pass
-//! the end of the log.
+//! the end of the log. One more test pins why they could: a follower behind a
+//! consumer must send it to the leader, not answer "offset out of range".
 //!
 //! Each scenario prints one row of the summary table (scenario, acknowledged, lost,
 //! duplicated, failed sends, read by the group, committed offsets sampled, seed). The random one prints its seed first; rerun it
@@ -18,15 +19,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sluice_client::Connection;
+use sluice_client::{Connection, Producer, ProducerRecord};
+use sluice_proto::v1;
 use sluice_tests::checker::{self, Verdict};
-use sluice_tests::create_topic;
 use sluice_tests::damage;
 use sluice_tests::disk::SmallDisk;
 use sluice_tests::faults::{self, FaultyCluster, Schedule};
 use sluice_tests::inspect::eventually;
+use sluice_tests::inspect::raw_client;
 use sluice_tests::readers::Readers;
 use sluice_tests::workload::{History, Outcome, Workload, WorkloadConfig, client_config};
+use sluice_tests::{create_topic, producer_config};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_test-broker");
 const TOPIC: &str = "jepsen";
@@ -377,4 +380,61 @@ async fn random_fault_schedule_loses_nothing() {
     let schedule = Schedule::random(seed, &s.cluster.ids(), 6);
     schedule.run(&mut s.cluster).await;
     s.finish(w, Some(seed)).await;
+}
+
+/// A follower that has not got as far as a consumer has read (cut off from the leader
+/// here; after a restart, one whose log lost a damaged tail) sends the consumer to the
+/// leader. Were it to answer "offset out of range", the consumer would reset its
+/// position and read, and commit, again from the start: a committed offset going back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_consumer_sends_it_to_the_leader() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = FaultyCluster::start(BROKER, dir.path(), 3);
+    let conn = Connection::connect(client_config(cluster.addrs()))
+        .await
+        .expect("connect");
+    create_topic(&conn, "lagging", 1).await;
+    let leader = cluster.leaders("lagging", FAILOVER).await.expect("leader")[0];
+    let behind = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    cluster.isolate(behind);
+
+    let producer = Producer::new(conn.clone(), producer_config()).expect("producer");
+    for i in 0..20 {
+        let delivery = producer
+            .send(ProducerRecord::new("lagging", format!("r{i}")))
+            .await
+            .expect("sent");
+        delivery
+            .await
+            .expect("acknowledged by the leader and the other follower");
+    }
+    let mut client = raw_client(&cluster.addr(behind)).await.expect("client");
+    let request = v1::FetchRequest {
+        topic: "lagging".into(),
+        partition: 0,
+        offset: 20,
+        max_bytes: 0,
+        follow: false,
+    };
+    let answer = client
+        .fetch(request)
+        .await
+        .expect("fetch")
+        .into_inner()
+        .message()
+        .await
+        .expect("an answer")
+        .and_then(|r| r.error)
+        .expect("an error");
+    assert_eq!(
+        answer.code,
+        v1::ErrorCode::NotLeader as i32,
+        "broker {behind}, cut off from leader {leader}, answered {answer:?}"
+    );
+    cluster.heal_network();
 }

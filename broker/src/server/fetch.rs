@@ -2,7 +2,9 @@
 //!
 //! The stream reads from the partition's log up to the high watermark, then sleeps on
 //! the replica's high-watermark watch (no polling) until more commits or the client
-//! goes away. Batches are slices of the log's mapping; nothing is copied here.
+//! goes away. Batches are slices of the log's mapping; nothing is copied here. Any
+//! replica serves what it has committed, but only a confirmed leader answers that an
+//! offset lies beyond the log.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use tonic::Status;
 
 use super::errors::{self, error};
 use crate::node::Node;
+use crate::raft::ReplicaError;
 
 /// Batch bytes per response when the request names no bound.
 const DEFAULT_MAX_BYTES: u32 = 1 << 20;
@@ -53,6 +56,21 @@ pub fn serve(node: Arc<Node>, req: v1::FetchRequest) -> ReceiverStream<Item> {
             let hw = *hw_watch.borrow_and_update();
             let log = replica.log();
             if offset > hw && offset > log.next_offset() {
+                // Only the leader may say an offset does not exist: a follower that
+                // has not got this far (a restarted replica whose log lost a damaged
+                // tail, or one cut off from the leader) would make the consumer reset
+                // its position and read, and commit, again from there.
+                if let Err(e) = replica.confirm_leadership().await {
+                    let leader = replica
+                        .leader_node()
+                        .filter(|(id, _)| *id != replica.node_id());
+                    let e = match e {
+                        ReplicaError::NotLeader { .. } => ReplicaError::NotLeader { leader },
+                        other => other,
+                    };
+                    let _ = tx.send(Ok(fail(errors::from_replica(&e)))).await;
+                    return;
+                }
                 let e = error(
                     ErrorCode::OffsetOutOfRange,
                     format!(
