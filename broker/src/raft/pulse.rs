@@ -7,7 +7,8 @@
 //! on them while nothing was written. Here openraft's timers are off for every group
 //! (`enable_tick: false`) and each broker runs one loop instead. Every heartbeat
 //! interval it
-//! - sends each peer one [`Beat`] naming the groups it leads, with their terms;
+//! - sends each peer one [`Beat`] naming the groups it leads that the peer is a member
+//!   of, with their terms;
 //! - stands a replica for election (with pre-vote) once no beat has claimed its group,
 //!   at its term or later, for a random election timeout, as openraft's timer would
 //!   after missing heartbeats; a sole voter that does not lead, or a group this
@@ -319,13 +320,13 @@ impl Pulse {
     }
 }
 
-/// When a beat last claimed `group_id` at `term` or later.
-fn claimed_at(heard: &HashMap<NodeId, Heard>, group_id: u64, term: u64) -> Option<Instant> {
+/// Who last claimed `group_id` at `term` or later in a beat, and when.
+fn claim(heard: &HashMap<NodeId, Heard>, group_id: u64, term: u64) -> Option<(NodeId, Instant)> {
     heard
-        .values()
-        .filter(|h| h.leading.get(&group_id).is_some_and(|&t| t >= term))
-        .map(|h| h.at)
-        .max()
+        .iter()
+        .filter(|(_, h)| h.leading.get(&group_id).is_some_and(|&t| t >= term))
+        .map(|(&peer, h)| (peer, h.at))
+        .max_by_key(|&(_, at)| at)
 }
 
 /// Starts the broker's pulse loop, once per registry; later calls do nothing. The loop
@@ -354,8 +355,10 @@ pub fn ensure_running(
 /// What one look over the groups found to do.
 #[derive(Default)]
 struct Scan {
-    leading: Vec<(u64, u64)>,
-    want: Vec<u64>,
+    /// Per peer, the groups led here that it is a member of, with their terms.
+    leading: HashMap<NodeId, Vec<(u64, u64)>>,
+    /// Per peer, the groups it claims whose leader this broker's replica does not know.
+    want: HashMap<NodeId, Vec<u64>>,
     /// Replicas to stand for election, and whether with a pre-vote.
     elect: Vec<(RaftHandle, bool)>,
     /// Leaders to heartbeat, with the peers whose replication back-off to reset.
@@ -406,7 +409,10 @@ impl Loop {
             };
             if role.leading {
                 tracked.timer = None;
-                scan.leading.push((group_id, role.term));
+                for (peer, _) in &role.peers {
+                    let led = scan.leading.entry(*peer).or_default();
+                    led.push((group_id, role.term));
+                }
                 let back: Vec<NodeId> = asked
                     .returned
                     .iter()
@@ -418,9 +424,11 @@ impl Loop {
                 }
                 continue;
             }
-            let claimed = claimed_at(&heard, group_id, role.term);
-            if !role.knows_leader && claimed.is_some() {
-                scan.want.push(group_id);
+            let claimed = claim(&heard, group_id, role.term);
+            if !role.knows_leader
+                && let Some((claimer, _)) = claimed
+            {
+                scan.want.entry(claimer).or_default().push(group_id);
             }
             if !role.voter || registry.abstention(group_id).is_some() {
                 tracked.timer = None;
@@ -438,7 +446,7 @@ impl Loop {
                 },
                 stood: 0,
             });
-            if let Some(at) = claimed
+            if let Some((_, at)) = claimed
                 && at > timer.since
             {
                 timer.since = at;
@@ -459,8 +467,8 @@ impl Loop {
 
     fn act(&mut self, scan: Scan, incarnation: u64) {
         let Scan {
-            leading,
-            want,
+            mut leading,
+            mut want,
             elect,
             heartbeat,
         } = scan;
@@ -483,34 +491,31 @@ impl Loop {
                 }
             });
         }
-        if self.peers.is_empty() {
-            return;
-        }
-        let beat = Beat {
-            from: self.node_id,
-            incarnation,
-            leading,
-            want,
-        };
-        let payload = match encode(&beat) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a beat");
-                return;
-            }
-        };
         self.in_flight.retain(|_, h| !h.is_finished());
         for (&peer, addr) in &self.peers {
             if self.in_flight.contains_key(&peer) {
                 continue;
             }
+            let beat = Beat {
+                from: self.node_id,
+                incarnation,
+                leading: leading.remove(&peer).unwrap_or_default(),
+                want: want.remove(&peer).unwrap_or_default(),
+            };
+            let payload = match encode(&beat) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a beat");
+                    return;
+                }
+            };
             let send = send_beat(
                 self.network.clone(),
                 self.registry.clone(),
                 self.node_id,
                 peer,
                 addr.clone(),
-                payload.clone(),
+                payload,
             );
             self.in_flight.insert(peer, tokio::spawn(send));
         }
@@ -568,10 +573,11 @@ mod tests {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(50);
         let heard = HashMap::from([(2, heard(t0, &[(7, 3)])), (3, heard(t1, &[(7, 4), (8, 1)]))]);
-        assert_eq!(claimed_at(&heard, 7, 3), Some(t1), "the latest claim");
-        assert_eq!(claimed_at(&heard, 7, 4), Some(t1));
-        assert_eq!(claimed_at(&heard, 7, 5), None, "a deposed leader's claim");
-        assert_eq!(claimed_at(&heard, 9, 0), None, "nobody claims it");
+        assert_eq!(claim(&heard, 7, 3), Some((3, t1)), "the latest claim");
+        assert_eq!(claim(&heard, 7, 4), Some((3, t1)));
+        assert_eq!(claim(&heard, 7, 5), None, "a deposed leader's claim");
+        assert_eq!(claim(&heard, 8, 1), Some((3, t1)));
+        assert_eq!(claim(&heard, 9, 0), None, "nobody claims it");
     }
 
     #[test]
