@@ -124,9 +124,9 @@ struct Timer {
     /// The last beat claiming the group, or when the timer (re)started.
     since: Instant,
     timeout: Duration,
-    /// Elections stood since a leader was last heard: each doubles the next timeout
-    /// (up to [`MAX_BACKOFF_DOUBLINGS`] times), so groups that cannot reach a quorum
-    /// do not keep every broker busy with pre-votes.
+    /// Elections stood since a leader was last heard: each after the first doubles the
+    /// next timeout (up to [`MAX_BACKOFF_DOUBLINGS`] times), so groups that cannot
+    /// reach a quorum do not keep every broker busy with pre-votes.
     stood: u32,
 }
 
@@ -151,10 +151,19 @@ impl Timing {
     }
 
     /// Random, so that the replicas of a group rarely stand at once; doubled for each
-    /// election already stood without a leader emerging.
+    /// election stood without a leader emerging beyond the first (which a race with a
+    /// peer's timer can lose).
     fn election_timeout(&self, stood: u32) -> Duration {
-        rand::random_range(self.election_min..=self.election_max)
-            * (1 << stood.min(MAX_BACKOFF_DOUBLINGS))
+        let doublings = stood.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
+        rand::random_range(self.election_min..=self.election_max) * (1 << doublings)
+    }
+
+    /// How recently a beat must have claimed a group for this broker to refuse a
+    /// pre-vote in it. Shorter than the least election timeout by a beat: a candidate
+    /// stands at the earliest that long after the last claim *it* heard, and the same
+    /// beat may reach this broker up to a beat later.
+    fn stickiness(&self) -> Duration {
+        self.election_min.saturating_sub(self.beat)
     }
 }
 
@@ -290,7 +299,7 @@ impl Pulse {
     /// The leader that makes this replica refuse `candidate_vote`'s pre-vote, if any:
     /// this replica itself while it leads (unless the candidate is terms ahead, a sign
     /// it was deposed unawares), or a peer other than the candidate whose beat claimed
-    /// the group at this replica's term or later within the last election timeout.
+    /// the group at this replica's term or later within [`Timing::stickiness`].
     pub fn live_leader(
         &self,
         group_id: u64,
@@ -306,7 +315,7 @@ impl Pulse {
             return (candidate_vote.leader_id().term <= term + 1).then_some(me);
         }
         let candidate = candidate_vote.leader_id().voted_for;
-        let fresh = self.timing().election_min;
+        let fresh = self.timing().stickiness();
         let now = Instant::now();
         lock(&self.heard)
             .iter()
@@ -587,7 +596,9 @@ mod tests {
         for _ in 0..1000 {
             let t = timing.election_timeout(0);
             assert!((min..=max).contains(&t), "{t:?}");
-            let t = timing.election_timeout(2);
+            let t = timing.election_timeout(1);
+            assert!((min..=max).contains(&t), "{t:?}");
+            let t = timing.election_timeout(3);
             assert!((min * 4..=max * 4).contains(&t), "{t:?}");
             let t = timing.election_timeout(99);
             assert!((min * 8..=max * 8).contains(&t), "{t:?}");
