@@ -296,33 +296,65 @@ impl Pulse {
         BeatReply { stale }
     }
 
-    /// The leader that makes this replica refuse `candidate_vote`'s pre-vote, if any:
-    /// this replica itself while it leads (unless the candidate is terms ahead, a sign
-    /// it was deposed unawares), or a peer other than the candidate whose beat claimed
-    /// the group at this replica's term or later within [`Timing::stickiness`].
+    /// The leader that makes this replica refuse `candidate_vote`'s pre-vote, if any
+    /// (see [`Voter::stands_by`]; a claim counts for [`Timing::stickiness`]).
     pub fn live_leader(
         &self,
         group_id: u64,
         raft: &RaftHandle,
         candidate_vote: &Vote,
     ) -> Option<NodeId> {
-        let (me, state, term) = {
+        let (me, leading, term) = {
             let m = raft.server_metrics();
             let m = m.borrow_watched();
-            (m.id, m.state, m.vote.leader_id().term)
+            (
+                m.id,
+                m.state == ServerState::Leader,
+                m.vote.leader_id().term,
+            )
         };
-        if state == ServerState::Leader {
-            return (candidate_vote.leader_id().term <= term + 1).then_some(me);
-        }
-        let candidate = candidate_vote.leader_id().voted_for;
+        let here = Voter { me, leading, term };
+        let candidate = candidate_vote.leader_id();
         let fresh = self.timing().stickiness();
-        let now = Instant::now();
-        lock(&self.heard)
+        here.stands_by(
+            &lock(&self.heard),
+            group_id,
+            (candidate.voted_for, candidate.term),
+            Instant::now(),
+            fresh,
+        )
+    }
+}
+
+/// What a pre-vote is judged against on the receiving replica.
+struct Voter {
+    me: NodeId,
+    leading: bool,
+    term: u64,
+}
+
+impl Voter {
+    /// The leader this replica stands by against `(candidate, candidate term)`, if any:
+    /// itself while it leads (unless the candidate is terms ahead, a sign this leader
+    /// was deposed unawares), or a peer other than the candidate whose beat claimed the
+    /// group at this replica's term or later less than `fresh` ago.
+    fn stands_by(
+        &self,
+        heard: &HashMap<NodeId, Heard>,
+        group_id: u64,
+        (candidate, candidate_term): (NodeId, u64),
+        now: Instant,
+        fresh: Duration,
+    ) -> Option<NodeId> {
+        if self.leading {
+            return (candidate_term <= self.term + 1).then_some(self.me);
+        }
+        heard
             .iter()
             .filter(|&(&peer, h)| {
                 peer != candidate
                     && now.duration_since(h.at) < fresh
-                    && h.leading.get(&group_id).is_some_and(|&t| t >= term)
+                    && h.leading.get(&group_id).is_some_and(|&t| t >= self.term)
             })
             .map(|(&peer, _)| peer)
             .next()
@@ -587,6 +619,50 @@ mod tests {
         assert_eq!(claim(&heard, 7, 5), None, "a deposed leader's claim");
         assert_eq!(claim(&heard, 8, 1), Some((3, t1)));
         assert_eq!(claim(&heard, 9, 0), None, "nobody claims it");
+    }
+
+    #[test]
+    fn a_pre_vote_is_refused_only_for_a_live_leader_other_than_the_candidate() {
+        let now = Instant::now();
+        let fresh = Duration::from_millis(200);
+        let recent = now - Duration::from_millis(50);
+        let old = now - Duration::from_millis(250);
+        let heard = HashMap::from([(2, heard(recent, &[(7, 3)])), (3, heard(old, &[(8, 3)]))]);
+        let follower = Voter {
+            me: 1,
+            leading: false,
+            term: 3,
+        };
+        assert_eq!(follower.stands_by(&heard, 7, (3, 4), now, fresh), Some(2));
+        assert_eq!(
+            follower.stands_by(&heard, 7, (2, 4), now, fresh),
+            None,
+            "the claimant itself may stand again"
+        );
+        assert_eq!(
+            follower.stands_by(&heard, 8, (2, 4), now, fresh),
+            None,
+            "a claim heard too long ago"
+        );
+        let ahead = Voter {
+            term: 4,
+            ..follower
+        };
+        assert_eq!(
+            ahead.stands_by(&heard, 7, (3, 5), now, fresh),
+            None,
+            "a claim from an older term"
+        );
+        let leader = Voter {
+            leading: true,
+            ..follower
+        };
+        assert_eq!(leader.stands_by(&heard, 9, (2, 4), now, fresh), Some(1));
+        assert_eq!(
+            leader.stands_by(&heard, 9, (2, 6), now, fresh),
+            None,
+            "a candidate terms ahead: this leader was deposed"
+        );
     }
 
     #[test]
