@@ -277,6 +277,15 @@ impl Consumer {
         self.offset_for(tp, offset).await
     }
 
+    /// The next delivered record, its partition's position moved past it.
+    fn take_buffered(&mut self) -> Option<ConsumerRecord> {
+        let (tp, record) = self.session.next_buffered()?;
+        if let Some(state) = self.parts.get_mut(tp) {
+            state.position = Some(record.offset + 1);
+        }
+        Some(record)
+    }
+
     /// Starts a fetch task for every assigned partition without one.
     async fn start_fetching(&mut self) -> Result<()> {
         let idle: Vec<TopicPartition> = self
@@ -298,6 +307,14 @@ impl Consumer {
     /// and auto-commits here. Cancel-safe: dropping the future loses no record.
     pub async fn recv(&mut self) -> Option<Result<ConsumerRecord>> {
         loop {
+            // Without a group there is nothing to maintain between the records of a
+            // delivered batch: hand them out first (per-record checks of every
+            // partition's task were a fifth of a replaying consumer's time).
+            if self.group.is_none()
+                && let Some(record) = self.take_buffered()
+            {
+                return Some(Ok(record));
+            }
             if self.group.is_some() {
                 if let Err(e) = self.maintain_group().await {
                     return Some(Err(e));
@@ -308,11 +325,7 @@ impl Consumer {
             if let Err(e) = self.start_fetching().await {
                 return Some(Err(e));
             }
-            if let Some(record) = self.session.next_buffered() {
-                let tp = TopicPartition::new(&*record.topic, record.partition);
-                if let Some(state) = self.parts.get_mut(&tp) {
-                    state.position = Some(record.offset + 1);
-                }
+            if let Some(record) = self.take_buffered() {
                 return Some(Ok(record));
             }
             let due = self.auto_commit_due();

@@ -110,16 +110,14 @@ impl Session {
         self.tasks.contains_key(tp)
     }
 
-    /// The next delivered record not yet handed out.
-    pub(super) fn next_buffered(&mut self) -> Option<ConsumerRecord> {
-        let (_, records) = self.current.as_mut()?;
-        match records.next() {
-            Some(r) => Some(r),
-            None => {
-                self.current = None;
-                None
-            }
+    /// The next delivered record not yet handed out, with its partition.
+    pub(super) fn next_buffered(&mut self) -> Option<(&TopicPartition, ConsumerRecord)> {
+        if self.current.as_ref().is_some_and(|(_, r)| r.len() == 0) {
+            self.current = None;
         }
+        let (tp, records) = self.current.as_mut()?;
+        let record = records.next()?;
+        Some((tp, record))
     }
 
     /// Keeps `records` of `tp` to hand out next.
