@@ -67,13 +67,15 @@ pub(super) async fn consume(
         false,
     ));
     let (mut records, mut bytes) = (0u64, 0u64);
-    let mut last_record = start;
+    // When the run ended: its deadline, else once the loop is done (no clock read per
+    // record).
+    let mut ended = None;
     while !(bounded && ends.is_empty()) && a.records.is_none_or(|n| records < n) {
         let next = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), consumer.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    last_record = d;
+                    ended = Some(d);
                     break;
                 }
             },
@@ -100,13 +102,13 @@ pub(super) async fn consume(
         counters
             .consumed_bytes
             .fetch_add(size as u64, Ordering::Relaxed);
-        last_record = Instant::now();
     }
+    let ended = ended.unwrap_or_else(Instant::now);
     reporter.abort();
     Ok(Report::Consume(ConsumeReport {
         topic: a.topic,
         records,
         bytes,
-        elapsed: last_record - start,
+        elapsed: ended - start,
     }))
 }
