@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::group::GroupConfig;
 use crate::metadata::state::MAX_PARTITIONS;
+use crate::raft::RaftTuning;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9700";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -80,6 +81,15 @@ pub struct BrokerArgs {
     /// Partitions of the internal __consumer_offsets topic when it is created (default 6).
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
+    /// How often this broker beats to each peer (the beat that drives every Raft
+    /// group's elections), in ms (default 100).
+    #[arg(long, env = "SLUICE_RAFT_HEARTBEAT_INTERVAL_MS")]
+    pub raft_heartbeat_interval_ms: Option<u64>,
+    /// A replica that hears no leader of its partition for a random time between this
+    /// and twice this stands for election, in ms (default 300; at least three heartbeat
+    /// intervals). Longer rides out longer stalls; shorter fails over sooner.
+    #[arg(long, env = "SLUICE_RAFT_ELECTION_TIMEOUT_MS")]
+    pub raft_election_timeout_ms: Option<u64>,
     /// Dial broker ID at ADDR instead of its advertised address, as ID=HOST:PORT,...
     /// (for tunnels, NAT and fault-injection proxies). Only broker-to-broker traffic
     /// (Raft and forwarded requests) uses it; clients still get advertised addresses.
@@ -99,6 +109,8 @@ struct FileConfig {
     group_session_timeout_ms: Option<u64>,
     group_heartbeat_interval_ms: Option<u64>,
     offsets_topic_partitions: Option<u32>,
+    raft_heartbeat_interval_ms: Option<u64>,
+    raft_election_timeout_ms: Option<u64>,
     peer_dial: Option<String>,
 }
 
@@ -114,6 +126,8 @@ pub struct BrokerConfig {
     pub peers: BTreeMap<u64, String>,
     pub default_replication_factor: u32,
     pub groups: GroupConfig,
+    /// Raft timers of every partition and of the controller.
+    pub raft: RaftTuning,
     /// Broker id → address this broker dials it at, overriding the advertised one.
     pub peer_dial: BTreeMap<u64, String>,
 }
@@ -138,6 +152,7 @@ impl BrokerConfig {
             return Err(ConfigError::ZeroNodeId);
         }
         let groups = group_config(&args, &file)?;
+        let raft = raft_tuning(&args, &file)?;
         let listen = match args.listen.or(file.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
@@ -190,9 +205,45 @@ impl BrokerConfig {
             peers,
             default_replication_factor,
             groups,
+            raft,
             peer_dial,
         })
     }
+}
+
+/// Raft timers over [`RaftTuning`]'s defaults.
+fn raft_tuning(args: &BrokerArgs, file: &FileConfig) -> Result<RaftTuning, ConfigError> {
+    let mut tuning = RaftTuning::default();
+    if let Some(ms) = args
+        .raft_heartbeat_interval_ms
+        .or(file.raft_heartbeat_interval_ms)
+    {
+        if ms == 0 {
+            return Err(ConfigError::Invalid {
+                what: "Raft heartbeat interval (ms, 1 or more)",
+                value: ms.to_string(),
+            });
+        }
+        tuning.heartbeat_interval = Duration::from_millis(ms);
+    }
+    let election = match args
+        .raft_election_timeout_ms
+        .or(file.raft_election_timeout_ms)
+    {
+        Some(ms) => Duration::from_millis(ms),
+        None => tuning
+            .election_timeout_min
+            .max(tuning.heartbeat_interval * 3),
+    };
+    if election < tuning.heartbeat_interval * 3 {
+        return Err(ConfigError::Invalid {
+            what: "Raft election timeout (ms, at least three heartbeat intervals)",
+            value: election.as_millis().to_string(),
+        });
+    }
+    tuning.election_timeout_min = election;
+    tuning.election_timeout_max = election * 2;
+    Ok(tuning)
 }
 
 /// Consumer group settings over [`GroupConfig`]'s defaults.
@@ -276,6 +327,31 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn raft_timers_default_to_the_tuning_and_are_checked() {
+        let c = BrokerConfig::from_args(BrokerArgs::default()).expect("defaults");
+        assert_eq!(c.raft, RaftTuning::default());
+        let args = |flags: &[&str]| {
+            let mut all = vec!["sluice-broker"];
+            all.extend_from_slice(flags);
+            BrokerConfig::from_args(BrokerArgs::try_parse_from(all).expect("args"))
+        };
+        let c = args(&["--raft-heartbeat-interval-ms", "200"]).expect("slower beat");
+        assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(
+            (c.raft.election_timeout_min, c.raft.election_timeout_max),
+            (Duration::from_millis(600), Duration::from_millis(1200)),
+            "the election timeout follows a slower beat"
+        );
+        let c = args(&["--raft-election-timeout-ms", "1000"]).expect("longer");
+        assert_eq!(c.raft.election_timeout_max, Duration::from_millis(2000));
+        assert!(args(&["--raft-heartbeat-interval-ms", "0"]).is_err());
+        assert!(
+            args(&["--raft-election-timeout-ms", "250"]).is_err(),
+            "under three beats"
+        );
     }
 
     #[test]

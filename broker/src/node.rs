@@ -25,7 +25,7 @@ use crate::group::GroupCoordinator;
 use crate::log::now_ms;
 use crate::metadata::{BrokerInfo, Controller, ControllerError};
 use crate::partition::{Partition, PartitionManager};
-use crate::raft::{GroupRegistry, Network, NetworkOptions, PeerDial, RaftService, RaftTuning};
+use crate::raft::{GroupRegistry, Network, NetworkOptions, PeerDial, RaftService};
 use crate::server::MAX_MESSAGE_BYTES;
 use crate::server::client_api::{ClientApi, not_found};
 use crate::server::group_service::GroupService;
@@ -155,7 +155,7 @@ impl Broker {
             dial: dial.clone(),
             ..NetworkOptions::default()
         });
-        let tuning = RaftTuning::default();
+        let tuning = config.raft.clone();
         let ready: Arc<OnceLock<Arc<Node>>> = Arc::new(OnceLock::new());
         let groups_ready: Arc<OnceLock<Arc<GroupCoordinator>>> = Arc::new(OnceLock::new());
         let (stop_server, stopped) = oneshot::channel::<()>();
