@@ -20,8 +20,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use sluice_tools::cmd::perf::{
-    ConsumeReport, Latency, Pacer, Report, SplitMix64, Tally, new_histogram, payload, read_stamp,
-    record_us, seed, split_evenly, stamp,
+    ConsumeReport, Pacer, Report, SplitMix64, Tally, new_histogram, payload, read_stamp, record_us,
+    seed, split_evenly, stamp,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -254,13 +254,7 @@ pub async fn end_to_end<P: Publisher, S: Source>(
     };
     let _ = stop_tx.send(Some((acked, Instant::now() + Duration::from_secs(10))));
     let (hist, consumed) = follower.await.context("the consumer task failed")??;
-    let Report::Produce(mut r) = produced? else {
-        bail!("produce returned a consume report")
-    };
-    r.mode = "end-to-end";
-    r.consumed = Some(consumed);
-    r.e2e_latency = Latency::from_histogram(&hist);
-    Ok(Report::Produce(r))
+    produced?.into_end_to_end(consumed, &hist)
 }
 
 /// Reads until told how many records to expect and they all arrived, or the grace

@@ -85,13 +85,7 @@ pub(super) async fn end_to_end(
     let grace = global.timeout.min(Duration::from_secs(10));
     let _ = stop_tx.send(Some((acked, Instant::now() + grace)));
     let (hist, consumed) = follower.await.context("the consumer task failed")??;
-    let Report::Produce(mut r) = produced? else {
-        unreachable!("produce returns a produce report")
-    };
-    r.mode = "end-to-end";
-    r.consumed = Some(consumed);
-    r.e2e_latency = Latency::from_histogram(&hist);
-    Ok(Report::Produce(r))
+    produced?.into_end_to_end(consumed, &hist)
 }
 
 /// Follows the topic and records each record's age (now minus its stamp) until told

@@ -191,7 +191,23 @@ pub(super) fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
+fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+    mb(bytes) / elapsed.as_secs_f64().max(1e-9)
+}
+
 impl Report {
+    /// A produce run's report made the report of an end-to-end run: the records the
+    /// consumer saw and their produce→consume latencies in `hist`.
+    pub fn into_end_to_end(self, consumed: u64, hist: &Histogram<u64>) -> anyhow::Result<Self> {
+        let Report::Produce(mut r) = self else {
+            return Err(anyhow!("an end-to-end run needs a produce report"));
+        };
+        r.mode = "end-to-end";
+        r.consumed = Some(consumed);
+        r.e2e_latency = Latency::from_histogram(hist);
+        Ok(Report::Produce(r))
+    }
+
     /// The final summary: a table, or one JSON object (one line).
     pub fn render(&self, format: OutputFormat) -> String {
         match (self, format) {
@@ -208,7 +224,7 @@ impl Report {
                     r.topic,
                     r.elapsed.as_secs_f64(),
                     per_sec(r.records, r.elapsed),
-                    mb(r.bytes) / r.elapsed.as_secs_f64().max(1e-9),
+                    mb_per_sec(r.bytes, r.elapsed),
                 );
                 if let Some(consumed) = r.consumed {
                     out.push_str(&format!("Consumed {consumed} of them.\n"));
@@ -242,7 +258,7 @@ impl Report {
                     "bytes": r.bytes,
                     "elapsed_s": round3(r.elapsed.as_secs_f64()),
                     "records_per_sec": round3(per_sec(r.records, r.elapsed)),
-                    "mb_per_sec": round3(mb(r.bytes) / r.elapsed.as_secs_f64().max(1e-9)),
+                    "mb_per_sec": round3(mb_per_sec(r.bytes, r.elapsed)),
                     "ack_latency_ms": r.ack_latency.as_ref().map(Latency::json),
                 });
                 if r.mode != "produce" {
@@ -261,7 +277,7 @@ impl Report {
                 r.topic,
                 r.elapsed.as_secs_f64(),
                 per_sec(r.records, r.elapsed),
-                mb(r.bytes) / r.elapsed.as_secs_f64().max(1e-9),
+                mb_per_sec(r.bytes, r.elapsed),
             ),
             (Report::Consume(r), OutputFormat::Json) => format!(
                 "{}\n",
@@ -272,7 +288,7 @@ impl Report {
                     "bytes": r.bytes,
                     "elapsed_s": round3(r.elapsed.as_secs_f64()),
                     "records_per_sec": round3(per_sec(r.records, r.elapsed)),
-                    "mb_per_sec": round3(mb(r.bytes) / r.elapsed.as_secs_f64().max(1e-9)),
+                    "mb_per_sec": round3(mb_per_sec(r.bytes, r.elapsed)),
                 })
             ),
         }
@@ -295,12 +311,16 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn latency() -> Latency {
+    fn histogram() -> Histogram<u64> {
         let mut h = new_histogram();
         for us in 1..=1000 {
             record_us(&mut h, us * 10);
         }
-        Latency::from_histogram(&h).unwrap()
+        h
+    }
+
+    fn latency() -> Latency {
+        Latency::from_histogram(&histogram()).unwrap()
     }
 
     #[test]
@@ -418,11 +438,9 @@ mod tests {
 
     #[test]
     fn the_end_to_end_summary_has_both_latencies() {
-        let mut r = produce_report();
-        r.mode = "end-to-end";
-        r.consumed = Some(19_999);
-        r.e2e_latency = Some(latency());
-        let report = Report::Produce(r);
+        let report = Report::Produce(produce_report())
+            .into_end_to_end(19_999, &histogram())
+            .unwrap();
         let table = report.render(OutputFormat::Table);
         assert!(
             table.starts_with("End-to-end: produced 20000 records"),
@@ -437,6 +455,13 @@ mod tests {
         assert_eq!(v["mode"], "end-to-end");
         assert_eq!(v["consumed"], 19_999);
         assert_eq!(v["end_to_end_latency_ms"]["count"], 1000);
+        let consume = Report::Consume(ConsumeReport {
+            topic: "p1".into(),
+            records: 1,
+            bytes: 1,
+            elapsed: Duration::from_secs(1),
+        });
+        assert!(consume.into_end_to_end(1, &histogram()).is_err());
     }
 
     #[test]
