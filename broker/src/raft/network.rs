@@ -137,7 +137,7 @@ struct RegistryInner {
 }
 
 /// A registry that does not keep the broker's groups alive (held by the pulse's task).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WeakRegistry {
     inner: Weak<RegistryInner>,
 }

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -378,19 +378,18 @@ pub fn ensure_running(
     network: &Network,
     tuning: &RaftTuning,
 ) {
-    let pulse = registry.pulse().clone();
-    if pulse.timing.set(Timing::of(tuning)).is_err() {
+    let timing = Timing::of(tuning);
+    if registry.pulse().timing.set(timing).is_err() {
         return;
     }
     let looper = Loop {
         registry: registry.downgrade(),
-        pulse: Arc::downgrade(&pulse),
         node_id,
         network: network.clone(),
         peers: BTreeMap::new(),
         in_flight: HashMap::new(),
     };
-    tokio::spawn(looper.run(Timing::of(tuning)));
+    tokio::spawn(looper.run(timing));
 }
 
 /// What one look over the groups found to do.
@@ -408,7 +407,6 @@ struct Scan {
 
 struct Loop {
     registry: WeakRegistry,
-    pulse: Weak<Pulse>,
     node_id: NodeId,
     network: Network,
     /// Whom to beat: every other member of a group here.
@@ -422,17 +420,17 @@ impl Loop {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let (Some(registry), Some(pulse)) = (self.registry.upgrade(), self.pulse.upgrade())
-            else {
+            let Some(registry) = self.registry.upgrade() else {
                 return;
             };
-            let scan = self.scan(&registry, &pulse, timing);
-            self.act(scan, pulse.incarnation);
+            let scan = self.scan(&registry, timing);
+            self.act(scan, registry.pulse().incarnation);
         }
     }
 
-    fn scan(&mut self, registry: &GroupRegistry, pulse: &Pulse, timing: Timing) -> Scan {
+    fn scan(&mut self, registry: &GroupRegistry, timing: Timing) -> Scan {
         let now = Instant::now();
+        let pulse = registry.pulse();
         let asked = std::mem::take(&mut *lock(&pulse.asked));
         let mut groups = lock(&pulse.groups);
         if pulse.members_changed.swap(false, Ordering::AcqRel) {

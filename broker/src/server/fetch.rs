@@ -15,7 +15,6 @@ use tonic::Status;
 
 use super::errors::{self, error};
 use crate::node::Node;
-use crate::raft::ReplicaError;
 
 /// Batch bytes per response when the request names no bound.
 const DEFAULT_MAX_BYTES: u32 = 1 << 20;
@@ -61,13 +60,6 @@ pub fn serve(node: Arc<Node>, req: v1::FetchRequest) -> ReceiverStream<Item> {
                 // tail, or one cut off from the leader) would make the consumer reset
                 // its position and read, and commit, again from there.
                 if let Err(e) = replica.confirm_leadership().await {
-                    let leader = replica
-                        .leader_node()
-                        .filter(|(id, _)| *id != replica.node_id());
-                    let e = match e {
-                        ReplicaError::NotLeader { .. } => ReplicaError::NotLeader { leader },
-                        other => other,
-                    };
                     let _ = tx.send(Ok(fail(errors::from_replica(&e)))).await;
                     return;
                 }
