@@ -95,6 +95,21 @@ impl Windows {
     }
 }
 
+/// Bytes from where a read starts that it asks the kernel to have read in: what it
+/// walks and, for readers that go on (a fetch stream, a replicating follower), what
+/// the next few reads will, so that the disk works while they are served.
+const PREFETCH: usize = 8 << 20;
+
+/// Starts reading in what walks from `start` of the first view will touch next.
+/// Appends keep only a segment's newest bytes cached (see [`super::segment::CACHED_TAIL`]), so a
+/// reader further behind reads from disk, in large reads ahead of need.
+fn prefetch(views: &[SegmentView], start: usize, max_bytes: usize) {
+    if let Some(first) = views.first() {
+        let len = max_bytes.max(PREFETCH);
+        first.bytes.prefetch(start..start.saturating_add(len));
+    }
+}
+
 /// Batches holding offsets in `[from, upto)`, stopping once `max_bytes` is reached
 /// (always at least one batch, so an oversized batch still gets through).
 pub fn read_batches(
@@ -104,6 +119,7 @@ pub fn read_batches(
     upto: u64,
     max_bytes: usize,
 ) -> Result<ReadBatches, LogError> {
+    prefetch(views, start, max_bytes);
     let mut found: Vec<(usize, Range<usize>)> = Vec::new();
     let mut next_offset = from;
     let mut bytes = 0usize;
@@ -145,6 +161,7 @@ pub fn read_entries(
     range: Range<u64>,
     max_bytes: usize,
 ) -> Result<Vec<Frame>, LogError> {
+    prefetch(views, start, max_bytes);
     let mut found: Vec<(usize, FrameRef)> = Vec::new();
     let mut bytes = 0usize;
     let (touched, walked) = walk(views, start, |i, f, _| {

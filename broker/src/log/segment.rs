@@ -5,6 +5,11 @@
 //! max timestamp). It appends with `pwritev` (never through the mapping), serves reads
 //! as `Bytes` slices of a read-only mapping, and recovers by scanning frames.
 //!
+//! Appends keep only the newest [`CACHED_TAIL`] bytes of a segment in the page cache:
+//! tailing readers find them there, and older pages, once written back, are dropped
+//! so that the kernel recycles their memory for the next appends (see
+//! `start_writeback`). Readers further behind read from disk, ahead of need.
+//!
 //! It must never let anything touch its mapping beyond the file's length (SIGBUS):
 //! only `[0, size)` is handed out, and a running broker never shrinks a file below
 //! bytes it handed out; a Raft truncation punches a hole instead, which reads as zeros.
@@ -112,9 +117,18 @@ pub struct Segment {
     map_len_hint: u64,
     /// Bytes already handed to the kernel's writeback (see `start_writeback`).
     written_back: u64,
+    /// Bytes before which the page cache has been told to drop this file's pages.
+    uncached: u64,
+    /// Newest bytes kept cached: [`CACHED_TAIL`] (tests shrink it).
+    cached_tail: u64,
     /// Recovery cut off an incomplete or corrupt tail.
     torn_tail: bool,
 }
+
+/// Bytes at the end of a segment that appends leave in the page cache; older pages are
+/// dropped once written back (see `Segment::drop_cached_behind`). A reader that follows
+/// the tail is far closer than this; one further behind reads from disk.
+pub const CACHED_TAIL: u64 = 256 << 20;
 
 /// How recovery treats a segment's tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +165,7 @@ impl Segment {
             .truncate(true)
             .open(&log_path)
             .map_err(|e| LogError::io("create segment", &log_path, e))?;
+        let file = Arc::new(file);
         let index_path = dir.join(format!("{stem}.index"));
         let time_index_path = dir.join(format!("{stem}.timeindex"));
         let index =
@@ -164,7 +179,7 @@ impl Segment {
             log_path: Arc::new(log_path),
             index_path,
             time_index_path,
-            file: Arc::new(file),
+            file,
             map,
             size: 0,
             file_len: 0,
@@ -177,6 +192,8 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
+            uncached: 0,
+            cached_tail: CACHED_TAIL,
             torn_tail: false,
         })
     }
@@ -207,6 +224,7 @@ impl Segment {
             .write(true)
             .open(&log_path)
             .map_err(|e| LogError::io("open segment", &log_path, e))?;
+        let file = Arc::new(file);
         let file_len = file
             .metadata()
             .map_err(|e| LogError::io("stat segment", &log_path, e))?
@@ -247,7 +265,7 @@ impl Segment {
             log_path: Arc::new(log_path),
             index_path,
             time_index_path,
-            file: Arc::new(file),
+            file,
             map,
             size: 0,
             file_len,
@@ -260,6 +278,8 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
+            uncached: 0,
+            cached_tail: CACHED_TAIL,
             torn_tail: false,
         };
         let from = match start {
@@ -496,6 +516,35 @@ impl Segment {
             );
         }
         self.written_back = self.size;
+        self.drop_cached_behind();
+    }
+
+    /// Tells the kernel to drop the pages of bytes more than [`CACHED_TAIL`] behind
+    /// what writeback has been started on: by then a group commit has synced them, so
+    /// they are clean and go (dirty or mapped pages are kept, and the hint is lost).
+    ///
+    /// Why: every append copies its bytes into page-cache pages. With the cache left to
+    /// grow, each of those is a page the kernel has to find anew (on a VM, one the host
+    /// must back first), which made that copy half the broker's CPU under load; pages
+    /// it got back just before are hot. Kafka leaves the whole log to the page cache;
+    /// Redpanda bypasses it and keeps a cache of its own. Here the newest bytes stay
+    /// cached for the readers that follow the tail, and older ones are read back from
+    /// disk with read-ahead ([`super::mapped::Mapping::prefetch`]).
+    fn drop_cached_behind(&mut self) {
+        let upto = self.written_back.saturating_sub(self.cached_tail);
+        if upto <= self.uncached {
+            return;
+        }
+        // SAFETY: plain syscall on a valid descriptor. Failure only loses the hint.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                self.uncached as libc::off64_t,
+                (upto - self.uncached) as libc::off64_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+        self.uncached = upto;
     }
 
     /// Puts the segment back as it was before a failed append. The failed bytes were
@@ -564,6 +613,7 @@ impl Segment {
             .map_err(|e| LogError::io("truncate", &*self.log_path, e))?;
         self.size = cut;
         self.written_back = self.written_back.min(cut);
+        self.uncached = self.uncached.min(cut);
         self.tail = tail;
         if cut == 0 {
             self.first_id = None;
@@ -794,4 +844,72 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         done += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_tmpfs(path: &Path) -> bool {
+        const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid C string and `fs` a plain struct statfs fills in.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut fs) };
+        rc == 0 && fs.f_type as libc::c_long == TMPFS_MAGIC
+    }
+
+    /// Which pages of `file` (its first `len` bytes) are in the page cache.
+    fn cached_pages(file: &File, len: usize) -> Vec<bool> {
+        // SAFETY: a read-only mapping used only for mincore; nothing reads through it.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.unwrap();
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `vec` has one byte per page of the mapping.
+        let rc = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn appends_leave_only_the_newest_bytes_in_the_page_cache() {
+        // A page cache that can drop pages needs a disk under it: not tmpfs.
+        let mut dir = tempfile::tempdir().unwrap();
+        if on_tmpfs(dir.path()) {
+            dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        }
+        let mut seg = Segment::create(dir.path(), Tail::new(0, None), 64 << 20, 4096).unwrap();
+        seg.cached_tail = 2 << 20;
+        let payload = vec![7u8; (256 << 10) - FRAME_HEADER_LEN];
+        // 24 MiB in 256 KiB frames, each synced as a group commit would.
+        for index in 1..=96 {
+            let entry = NewEntry {
+                id: EntryId { term: 1, index },
+                kind: EntryKind::Membership,
+                payload: &payload,
+            };
+            seg.append(&[entry]).unwrap();
+            seg.file.sync_data().unwrap();
+        }
+        let size = seg.size() as usize;
+        assert_eq!(size, 24 << 20);
+        let cached = cached_pages(&seg.file, size);
+        // Writeback starts every 4 MiB; the last start was at 24 MiB, and everything
+        // up to 2 MiB before it was dropped.
+        let dropped = (22 << 20) / 4096;
+        assert!(
+            cached[..dropped].iter().all(|c| !c),
+            "{} of the first {dropped} pages are still cached",
+            cached[..dropped].iter().filter(|c| **c).count()
+        );
+        let newest = &cached[size / 4096 - 256..];
+        assert!(
+            newest.iter().all(|c| *c),
+            "{} of the newest 256 pages are not cached",
+            newest.iter().filter(|c| !**c).count()
+        );
+        // What was dropped reads back from disk as it was written.
+        let view = seg.map.slice(0..size);
+        let first = frame::parse(&view, 0, true).unwrap();
+        assert_eq!(&view[first.payload_range()], &payload[..]);
+    }
 }
