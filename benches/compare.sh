@@ -9,7 +9,7 @@
 #
 #   W1  1 KiB records, 8 partitions, acknowledged after fsync (JetStream-default acks
 #       before fsync: that is the point), as fast as the in-flight window allows
-#   W2  100 B records, batched (64 KiB), as fast as possible
+#   W2  100 B records, batched (1 MiB), as fast as possible
 #   W3  produce->consume latency at a fixed rate: half of Sluice's W1 records/s of the
 #       same run (a peer that cannot sustain it runs at half of its own W1)
 #   W4  replay of a backlog (2 GiB) from offset 0

@@ -66,8 +66,8 @@ struct LoadArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(8..=(1 << 20)))]
     record_size: u32,
     /// Records per batch at full speed: this many bytes' worth, as `sluice perf`'s
-    /// producer batches (64 KiB).
-    #[arg(long, default_value_t = 64 << 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// producer batches (1 MiB).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     batch_bytes: u64,
     /// Requests in flight per partition, as the Sluice producer's `max_in_flight` (5):
     /// a producer keeps at most this many batches' worth of records per partition sent
@@ -277,10 +277,10 @@ mod tests {
         assert_eq!(a.load.batch_bytes as usize, sluice.batch_bytes);
         assert_eq!(a.load.max_in_flight as usize, sluice.max_in_flight);
         let shape = a.load.shape(None);
-        assert_eq!(shape.batch_records, 64);
-        assert_eq!(shape.window_records, 64 * 5 * 8);
+        assert_eq!(shape.batch_records, 1024);
+        assert_eq!(shape.window_records, 1024 * 5 * 8);
         let small = produce(&["--topic", "w2", "--partitions", "8", "--record-size", "100"]);
-        assert_eq!(small.load.shape(None).batch_records, 655);
+        assert_eq!(small.load.shape(None).batch_records, 10485);
     }
 
     #[test]

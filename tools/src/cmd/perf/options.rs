@@ -35,7 +35,7 @@ pub struct ProducerOpts {
     /// Durability to wait for: all (Raft majority), leader, none.
     #[arg(long, default_value = "all")]
     pub acks: Acks,
-    /// Target bytes of one batch (default: the producer's, 64 KiB).
+    /// Target bytes of one batch (default: the producer's, 1 MiB).
     #[arg(long, value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_bytes: Option<u64>,
     /// How long a batch waits for more records, in milliseconds (default: the
