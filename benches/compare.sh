@@ -141,9 +141,11 @@ run_sluice() {
   measure "$dir/sluice-w2.json" sluice_cli perf produce --topic w2 --create $(w2_args) --acks all || true
   rate=$(w3_rate "$dir" sluice)
   if [[ -n $rate ]]; then
+    # No linger, as the peers send each record at once: batches are what gathers while
+    # earlier ones are in flight.
     # shellcheck disable=SC2046
     measure "$dir/sluice-w3.json" sluice_cli perf end-to-end --topic w3 --create --partitions "$PARTITIONS" \
-      --record-size 1024 --rate "$rate" --duration "$DURATION" $(warmup_args) || true
+      --record-size 1024 --rate "$rate" --linger-ms 0 --duration "$DURATION" $(warmup_args) || true
   fi
   measure "$dir/sluice-w4-fill.json" sluice_cli perf produce --topic w4 --create --partitions "$PARTITIONS" \
     --record-size 1024 --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
@@ -178,7 +180,15 @@ EOF
 }
 
 # --- peers ----------------------------------------------------------------------------
-peer() { "$PEER_PERF" --system "$PEER_SYSTEM" --url "$PEER_URL" "$@"; }
+# PEER_LOAD_ARGS go to the producing commands: each peer is driven with the window that
+# served it best.
+peer() {
+  local cmd=$1
+  shift
+  # shellcheck disable=SC2086
+  [[ $cmd == consume ]] || set -- $PEER_LOAD_ARGS "$@"
+  "$PEER_PERF" --system "$PEER_SYSTEM" --url "$PEER_URL" "$cmd" "$@"
+}
 
 run_nats() {
   local dir=$1 mode=$2 port conf rate data=$DATA/nats-$2
@@ -197,6 +207,11 @@ run_nats() {
   local pid=$LAST_PID
   wait_port "$port" "$pid" "nats-server ($mode)"
   PEER_SYSTEM=nats PEER_URL=nats://127.0.0.1:$port
+  # 64 KiB worth of records per batch, not Sluice's 1 MiB: JetStream is no faster with
+  # the larger window (W1 188k, 186k, 179k records/s with 64 KiB, 256 KiB and 1 MiB;
+  # W2 217k and 206k with 64 KiB and 256 KiB), and with 100 B records at 1 MiB (419k
+  # publishes awaiting acks) it failed to store some of them.
+  PEER_LOAD_ARGS="--batch-bytes 65536"
   local name=nats-$mode
   # shellcheck disable=SC2046
   measure "$dir/$name-w1.json" peer produce --topic w1 $(w1_args) || true
@@ -228,6 +243,9 @@ run_redis() {
   local pid=$LAST_PID
   wait_port "$port" "$pid" "redis-server"
   PEER_SYSTEM=redis PEER_URL=redis://127.0.0.1:$port/
+  # Sluice's window (1 MiB batches): Redis AOF-always fsyncs once per pipeline, so it
+  # does better with it than with 64 KiB.
+  PEER_LOAD_ARGS=""
   rcli() { redis-cli -p "$port" "$@" >/dev/null; }
   # shellcheck disable=SC2046
   measure "$dir/redis-w1.json" peer produce --topic w1 $(w1_args) || true
