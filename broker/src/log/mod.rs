@@ -7,11 +7,13 @@
 //! - [`reader`]: walking mapped frames for reads, without the log's lock.
 //! - [`mapped`]: the segment mappings, and releasing the pages a read touched once
 //!   it is served, so resident memory does not grow with the backlog.
+//! - [`cache`]: the broker-wide budget of appended bytes left in the page cache.
 //! - [`commit`]: group commit, so one `fdatasync` covers every waiting append.
 //! - [`retention`]: which old segments go.
 //!
 //! Nothing here knows about gRPC or openraft types; the Raft glue adapts this API.
 
+pub mod cache;
 pub mod commit;
 pub mod config;
 pub mod error;

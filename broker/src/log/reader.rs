@@ -101,7 +101,7 @@ impl Windows {
 const PREFETCH: usize = 8 << 20;
 
 /// Starts reading in what walks from `start` of the first view will touch next.
-/// Appends keep only a segment's newest bytes cached (see [`super::segment::CACHED_TAIL`]), so a
+/// Appends leave only the newest bytes cached (see [`super::cache`]), so a
 /// reader further behind reads from disk, in large reads ahead of need.
 fn prefetch(views: &[SegmentView], start: usize, max_bytes: usize) {
     if let Some(first) = views.first() {

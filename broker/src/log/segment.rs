@@ -5,10 +5,8 @@
 //! max timestamp). It appends with `pwritev` (never through the mapping), serves reads
 //! as `Bytes` slices of a read-only mapping, and recovers by scanning frames.
 //!
-//! Appends keep only the newest [`CACHED_TAIL`] bytes of a segment in the page cache:
-//! tailing readers find them there, and older pages, once written back, are dropped
-//! so that the kernel recycles their memory for the next appends (see
-//! `start_writeback`). Readers further behind read from disk, ahead of need.
+//! What it hands to writeback it counts against the broker's [`TailCache`], which
+//! drops the oldest appended pages beyond its budget from the page cache.
 //!
 //! It must never let anything touch its mapping beyond the file's length (SIGBUS):
 //! only `[0, size)` is handed out, and a running broker never shrinks a file below
@@ -25,6 +23,7 @@ use sluice_proto::batch::BatchHeader;
 use sluice_proto::batch::header::{BATCH_LENGTH, LEADER_EPOCH};
 
 use super::LogError;
+use super::cache::TailCache;
 use super::frame::{self, EntryId, EntryKind, FRAME_HEADER_LEN, FrameRef, MAX_PAYLOAD_LEN};
 use super::index::{Index, IndexDefect, OffsetEntry, TimeEntry};
 use super::mapped::Mapping;
@@ -117,18 +116,11 @@ pub struct Segment {
     map_len_hint: u64,
     /// Bytes already handed to the kernel's writeback (see `start_writeback`).
     written_back: u64,
-    /// Bytes before which the page cache has been told to drop this file's pages.
-    uncached: u64,
-    /// Newest bytes kept cached: [`CACHED_TAIL`] (tests shrink it).
-    cached_tail: u64,
+    /// The budget of appended bytes left in the page cache.
+    cache: Arc<TailCache>,
     /// Recovery cut off an incomplete or corrupt tail.
     torn_tail: bool,
 }
-
-/// Bytes at the end of a segment that appends leave in the page cache; older pages are
-/// dropped once written back (see `Segment::drop_cached_behind`). A reader that follows
-/// the tail is far closer than this; one further behind reads from disk.
-pub const CACHED_TAIL: u64 = 256 << 20;
 
 /// How recovery treats a segment's tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +184,7 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
-            uncached: 0,
-            cached_tail: CACHED_TAIL,
+            cache: TailCache::shared(),
             torn_tail: false,
         })
     }
@@ -278,8 +269,7 @@ impl Segment {
             index_interval,
             map_len_hint: segment_bytes,
             written_back: 0,
-            uncached: 0,
-            cached_tail: CACHED_TAIL,
+            cache: TailCache::shared(),
             torn_tail: false,
         };
         let from = match start {
@@ -515,36 +505,8 @@ impl Segment {
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
+        self.cache.admit(&self.file, self.written_back, pending);
         self.written_back = self.size;
-        self.drop_cached_behind();
-    }
-
-    /// Tells the kernel to drop the pages of bytes more than [`CACHED_TAIL`] behind
-    /// what writeback has been started on: by then a group commit has synced them, so
-    /// they are clean and go (dirty or mapped pages are kept, and the hint is lost).
-    ///
-    /// Why: every append copies its bytes into page-cache pages. With the cache left to
-    /// grow, each of those is a page the kernel has to find anew (on a VM, one the host
-    /// must back first), which made that copy half the broker's CPU under load; pages
-    /// it got back just before are hot. Kafka leaves the whole log to the page cache;
-    /// Redpanda bypasses it and keeps a cache of its own. Here the newest bytes stay
-    /// cached for the readers that follow the tail, and older ones are read back from
-    /// disk with read-ahead ([`super::mapped::Mapping::prefetch`]).
-    fn drop_cached_behind(&mut self) {
-        let upto = self.written_back.saturating_sub(self.cached_tail);
-        if upto <= self.uncached {
-            return;
-        }
-        // SAFETY: plain syscall on a valid descriptor. Failure only loses the hint.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                self.uncached as libc::off64_t,
-                (upto - self.uncached) as libc::off64_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
-        self.uncached = upto;
     }
 
     /// Puts the segment back as it was before a failed append. The failed bytes were
@@ -613,7 +575,6 @@ impl Segment {
             .map_err(|e| LogError::io("truncate", &*self.log_path, e))?;
         self.size = cut;
         self.written_back = self.written_back.min(cut);
-        self.uncached = self.uncached.min(cut);
         self.tail = tail;
         if cut == 0 {
             self.first_id = None;
@@ -870,46 +831,81 @@ mod tests {
         vec.iter().map(|b| b & 1 == 1).collect()
     }
 
-    #[test]
-    fn appends_leave_only_the_newest_bytes_in_the_page_cache() {
-        // A page cache that can drop pages needs a disk under it: not tmpfs.
+    /// A segment in a directory on a disk (the page cache cannot drop tmpfs pages),
+    /// counting against `cache`.
+    fn segment_on_disk(cache: &Arc<TailCache>) -> (tempfile::TempDir, Segment) {
         let mut dir = tempfile::tempdir().unwrap();
         if on_tmpfs(dir.path()) {
             dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         }
         let mut seg = Segment::create(dir.path(), Tail::new(0, None), 64 << 20, 4096).unwrap();
-        seg.cached_tail = 2 << 20;
-        let payload = vec![7u8; (256 << 10) - FRAME_HEADER_LEN];
-        // 24 MiB in 256 KiB frames, each synced as a group commit would.
-        for index in 1..=96 {
+        seg.cache = Arc::clone(cache);
+        (dir, seg)
+    }
+
+    /// Appends `mib` MiB in 256 KiB frames, each synced as a group commit would.
+    fn append_synced(seg: &mut Segment, mib: u64, payload: &[u8]) {
+        let first = seg.tail.last_id.map_or(1, |id| id.index + 1);
+        for index in first..first + mib * 4 {
             let entry = NewEntry {
                 id: EntryId { term: 1, index },
                 kind: EntryKind::Membership,
-                payload: &payload,
+                payload,
             };
             seg.append(&[entry]).unwrap();
             seg.file.sync_data().unwrap();
         }
+    }
+
+    fn count(pages: &[bool], cached: bool) -> usize {
+        pages.iter().filter(|c| **c == cached).count()
+    }
+
+    #[test]
+    fn appends_leave_only_the_newest_bytes_in_the_page_cache() {
+        let cache = Arc::new(TailCache::new(8 << 20));
+        let (_dir, mut seg) = segment_on_disk(&cache);
+        let payload = vec![7u8; (256 << 10) - FRAME_HEADER_LEN];
+        append_synced(&mut seg, 24, &payload);
         let size = seg.size() as usize;
         assert_eq!(size, 24 << 20);
-        let cached = cached_pages(&seg.file, size);
-        // Writeback starts every 4 MiB; the last start was at 24 MiB, and everything
-        // up to 2 MiB before it was dropped.
-        let dropped = (22 << 20) / 4096;
-        assert!(
-            cached[..dropped].iter().all(|c| !c),
-            "{} of the first {dropped} pages are still cached",
-            cached[..dropped].iter().filter(|c| **c).count()
+        // Writeback starts every 4 MiB; the budget keeps the last two such chunks.
+        let pages = cached_pages(&seg.file, size);
+        let (old, newest) = pages.split_at((16 << 20) / 4096);
+        assert_eq!(
+            count(old, true),
+            0,
+            "pages of the oldest 16 MiB still cached"
         );
-        let newest = &cached[size / 4096 - 256..];
-        assert!(
-            newest.iter().all(|c| *c),
-            "{} of the newest 256 pages are not cached",
-            newest.iter().filter(|c| !**c).count()
+        assert_eq!(
+            count(newest, false),
+            0,
+            "pages of the newest 8 MiB not cached"
         );
         // What was dropped reads back from disk as it was written.
         let view = seg.map.slice(0..size);
         let first = frame::parse(&view, 0, true).unwrap();
         assert_eq!(&view[first.payload_range()], &payload[..]);
+    }
+
+    #[test]
+    fn a_partition_that_starts_writing_takes_the_budget_of_older_appends() {
+        let cache = Arc::new(TailCache::new(8 << 20));
+        let payload = vec![7u8; (256 << 10) - FRAME_HEADER_LEN];
+        let (_a_dir, mut a) = segment_on_disk(&cache);
+        append_synced(&mut a, 8, &payload);
+        assert_eq!(count(&cached_pages(&a.file, 8 << 20), false), 0);
+        let (_b_dir, mut b) = segment_on_disk(&cache);
+        append_synced(&mut b, 8, &payload);
+        assert_eq!(
+            count(&cached_pages(&a.file, 8 << 20), true),
+            0,
+            "a is still cached"
+        );
+        assert_eq!(
+            count(&cached_pages(&b.file, 8 << 20), false),
+            0,
+            "b is not cached"
+        );
     }
 }
