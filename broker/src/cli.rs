@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::config::{BrokerArgs, BrokerConfig};
+use crate::log::cache::TailCache;
 use crate::node::Broker;
 
 /// Runs a broker until SIGINT or SIGTERM.
@@ -26,6 +27,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(bytes) = config.log_cache_bytes {
+        // Nothing has opened a log yet, so this cannot be refused.
+        TailCache::configure(bytes);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

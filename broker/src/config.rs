@@ -95,6 +95,11 @@ pub struct BrokerArgs {
     /// (Raft and forwarded requests) uses it; clients still get advertised addresses.
     #[arg(long, env = "SLUICE_PEER_DIAL")]
     pub peer_dial: Option<String>,
+    /// MiB of newly appended log this broker leaves in the page cache, over all its
+    /// partitions; older appended pages are dropped once written back (default: an
+    /// eighth of physical memory). Lower it when several brokers share a machine.
+    #[arg(long, env = "SLUICE_LOG_CACHE_MIB")]
+    pub log_cache_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +117,7 @@ struct FileConfig {
     raft_heartbeat_interval_ms: Option<u64>,
     raft_election_timeout_ms: Option<u64>,
     peer_dial: Option<String>,
+    log_cache_mib: Option<u64>,
 }
 
 /// Resolved settings.
@@ -130,6 +136,8 @@ pub struct BrokerConfig {
     pub raft: RaftTuning,
     /// Broker id → address this broker dials it at, overriding the advertised one.
     pub peer_dial: BTreeMap<u64, String>,
+    /// Bytes of appended log left in the page cache (`None`: the default budget).
+    pub log_cache_bytes: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -207,6 +215,10 @@ impl BrokerConfig {
             groups,
             raft,
             peer_dial,
+            log_cache_bytes: args
+                .log_cache_mib
+                .or(file.log_cache_mib)
+                .map(|mib| mib.saturating_mul(1 << 20)),
         })
     }
 }
@@ -458,6 +470,27 @@ mod tests {
         assert!(err.to_string().contains("--peer-dial"), "{err}");
         assert!(matches!(with("2=a:1,2=b:2"), Err(ConfigError::PeerDial(_))));
         assert!(matches!(with("1=a:1"), Err(ConfigError::DialSelf(1))));
+    }
+
+    #[test]
+    fn the_log_cache_budget_comes_from_the_flag_or_the_file() {
+        let c = BrokerConfig::from_args(BrokerArgs::default()).expect("defaults");
+        assert_eq!(c.log_cache_bytes, None);
+        let c = BrokerConfig::from_args(BrokerArgs {
+            log_cache_mib: Some(512),
+            ..Default::default()
+        })
+        .expect("flag");
+        assert_eq!(c.log_cache_bytes, Some(512 << 20));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "log_cache_mib = 64\n").expect("write");
+        let c = BrokerConfig::from_args(BrokerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect("file");
+        assert_eq!(c.log_cache_bytes, Some(64 << 20));
     }
 
     #[test]

@@ -48,13 +48,19 @@ impl TailCache {
         }
     }
 
-    /// The broker's budget: an eighth of physical memory (at least 256 MiB), which
+    /// The broker's budget: `--log-cache-mib` if [`TailCache::configure`]d before the
+    /// first log opens, else an eighth of physical memory (at least 256 MiB), which
     /// leaves the rest of the page cache to everything else on the machine.
     pub fn shared() -> Arc<Self> {
-        static SHARED: OnceLock<Arc<TailCache>> = OnceLock::new();
         SHARED
             .get_or_init(|| Arc::new(Self::new((physical_memory() / 8).max(256 << 20))))
             .clone()
+    }
+
+    /// Sets the broker's budget. Only before any log has opened: returns false, and
+    /// changes nothing, once the budget is in use.
+    pub fn configure(limit: u64) -> bool {
+        SHARED.set(Arc::new(Self::new(limit))).is_ok()
     }
 
     /// Counts `len` bytes of `file` from `from`, just handed to writeback, as cached,
@@ -93,6 +99,9 @@ impl TailCache {
         }
     }
 }
+
+/// The budget every segment of this process counts against.
+static SHARED: OnceLock<Arc<TailCache>> = OnceLock::new();
 
 fn physical_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
