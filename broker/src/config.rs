@@ -137,6 +137,7 @@ pub struct BrokerConfig {
     /// Broker id → address this broker dials it at, overriding the advertised one.
     pub peer_dial: BTreeMap<u64, String>,
     /// Bytes of appended log left in the page cache (`None`: the default budget).
+    /// Process-wide: the `sluice-broker` program applies it before any log opens.
     pub log_cache_bytes: Option<u64>,
 }
 

@@ -138,7 +138,7 @@ impl Drop for Window {
     }
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
         // SAFETY: sysconf has no preconditions.

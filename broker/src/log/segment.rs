@@ -157,7 +157,6 @@ impl Segment {
             .truncate(true)
             .open(&log_path)
             .map_err(|e| LogError::io("create segment", &log_path, e))?;
-        let file = Arc::new(file);
         let index_path = dir.join(format!("{stem}.index"));
         let time_index_path = dir.join(format!("{stem}.timeindex"));
         let index =
@@ -171,7 +170,7 @@ impl Segment {
             log_path: Arc::new(log_path),
             index_path,
             time_index_path,
-            file,
+            file: Arc::new(file),
             map,
             size: 0,
             file_len: 0,
@@ -215,7 +214,6 @@ impl Segment {
             .write(true)
             .open(&log_path)
             .map_err(|e| LogError::io("open segment", &log_path, e))?;
-        let file = Arc::new(file);
         let file_len = file
             .metadata()
             .map_err(|e| LogError::io("stat segment", &log_path, e))?
@@ -256,7 +254,7 @@ impl Segment {
             log_path: Arc::new(log_path),
             index_path,
             time_index_path,
-            file,
+            file: Arc::new(file),
             map,
             size: 0,
             file_len,
@@ -489,7 +487,8 @@ impl Segment {
     /// Asks the kernel to start writing recent appends to disk without waiting for
     /// it, so that dirty pages never pile up: the fsync of a group commit or of a
     /// segment roll then finds little left to write, instead of stalling appends
-    /// while a whole segment goes to disk.
+    /// while a whole segment goes to disk. What it hands over counts against the
+    /// page-cache budget from then on.
     fn start_writeback(&mut self) {
         const WRITEBACK_CHUNK: u64 = 4 << 20;
         let pending = self.size.saturating_sub(self.written_back);
@@ -810,6 +809,7 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::mapped::page_size;
 
     fn on_tmpfs(path: &Path) -> bool {
         const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
@@ -824,7 +824,7 @@ mod tests {
     fn cached_pages(file: &File, len: usize) -> Vec<bool> {
         // SAFETY: a read-only mapping used only for mincore; nothing reads through it.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.unwrap();
-        let mut vec = vec![0u8; len.div_ceil(4096)];
+        let mut vec = vec![0u8; len.div_ceil(page_size())];
         // SAFETY: `vec` has one byte per page of the mapping.
         let rc = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
@@ -871,7 +871,7 @@ mod tests {
         assert_eq!(size, 24 << 20);
         // Writeback starts every 4 MiB; the budget keeps the last two such chunks.
         let pages = cached_pages(&seg.file, size);
-        let (old, newest) = pages.split_at((16 << 20) / 4096);
+        let (old, newest) = pages.split_at((16 << 20) / page_size());
         assert_eq!(
             count(old, true),
             0,
