@@ -123,10 +123,12 @@ build_all() {
   fi
 }
 
-# Starts N Sluice brokers (1 = a single node) with fresh data under $1; sets
-# SLUICE_PIDS and SLUICE_BOOTSTRAP, and waits until the cluster answers.
+# Starts N Sluice brokers (1 = a single node) with fresh data under $1, each given any
+# further arguments; sets SLUICE_PIDS and SLUICE_BOOTSTRAP, and waits until the cluster
+# answers.
 start_sluice() {
   local dir=$1 n=$2 peers="" ports=() i
+  shift 2
   rm -rf "$dir"; mkdir -p "$dir"
   for i in $(seq 1 "$n"); do ports+=("$(free_port)"); done
   for i in $(seq 1 "$n"); do peers+="${peers:+,}$i=127.0.0.1:${ports[$((i - 1))]}"; done
@@ -135,7 +137,7 @@ start_sluice() {
   for i in $(seq 1 "$n"); do
     local port=${ports[$((i - 1))]}
     spawn "$dir/broker-$i.log" "$SLUICE_BROKER" --node-id "$i" --listen "127.0.0.1:$port" \
-      --data-dir "$dir/broker-$i" --peers "$peers"
+      --data-dir "$dir/broker-$i" --peers "$peers" "$@"
     SLUICE_PIDS+=("$LAST_PID")
     SLUICE_BOOTSTRAP+="${SLUICE_BOOTSTRAP:+,}127.0.0.1:$port"
   done
