@@ -233,6 +233,7 @@ impl Connection {
     /// have it. [`ClientError::UnknownTopic`] if the cluster does not have it either.
     /// A cache older than `metadata_max_age` is refreshed in the background.
     pub async fn topic(&self, name: &str) -> Result<Arc<TopicMetadata>> {
+        self.refresh_if_aged();
         if let Some(t) = self.cached_topic(name) {
             return Ok(t);
         }
@@ -243,18 +244,27 @@ impl Connection {
             .ok_or_else(|| unknown_topic(name))
     }
 
-    /// `topic`'s metadata if cached, without waiting; metadata older than
-    /// `metadata_max_age` is refreshed in the background meanwhile.
+    /// `topic`'s metadata if cached, without waiting and without reading the clock:
+    /// the producer calls this for every record, so the age check is
+    /// [`Connection::refresh_if_aged`]'s, called once per batch.
     pub(crate) fn cached_topic(&self, name: &str) -> Option<Arc<TopicMetadata>> {
-        // One read of the lock, no clone of the whole snapshot: this runs per record.
-        let (t, fetched) = {
-            let snap = self
-                .inner
-                .metadata
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            (snap.metadata.topic(name)?.clone(), snap.fetched)
-        };
+        let snap = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        snap.metadata.topic(name).cloned()
+    }
+
+    /// Starts a background refresh if the cached metadata is older than
+    /// `metadata_max_age` (and none is running).
+    pub(crate) fn refresh_if_aged(&self) {
+        let fetched = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .fetched;
         if fetched.is_some_and(|at| at.elapsed() > self.inner.config.metadata_max_age)
             && !self.inner.aging_refresh.swap(true, Ordering::AcqRel)
         {
@@ -266,7 +276,6 @@ impl Connection {
                 conn.inner.aging_refresh.store(false, Ordering::Release);
             });
         }
-        Some(t)
     }
 
     /// The leader of `topic`/`partition`: from the cache, or after one refresh.

@@ -9,7 +9,7 @@
 //!   those with a leader. This fills batches instead of spreading single records
 //!   over every partition.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed
 /// `0x9747b28c`, as a signed 32-bit value like Java's `int`.
@@ -87,14 +87,16 @@ impl StickyPartitioner {
         available: &[u32],
         random: &mut impl FnMut() -> u64,
     ) -> u32 {
-        match self.current.get(topic) {
-            Some(&p) if p < count => p,
-            _ => {
-                let p = choose(count, available, None, random);
-                self.current.insert(topic.to_owned(), p);
-                p
-            }
-        }
+        self.current(topic, count).unwrap_or_else(|| {
+            let p = choose(count, available, None, random);
+            self.current.insert(topic.to_owned(), p);
+            p
+        })
+    }
+
+    /// The sticky partition for `topic`, if it has one among `count` partitions.
+    pub(crate) fn current(&self, topic: &str, count: u32) -> Option<u32> {
+        self.current.get(topic).copied().filter(|&p| p < count)
     }
 
     /// A new batch is needed for `topic`'s sticky partition `prev`: switch to another

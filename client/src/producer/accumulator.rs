@@ -15,11 +15,12 @@
 //! - tracking which batches are incomplete, for `flush`;
 //! - expiring batches that waited longer than the delivery timeout.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use sluice_proto::batch::header::stamp_producer;
 use sluice_proto::batch::{BatchBuilder, Compression, Header};
 use tokio::sync::OwnedSemaphorePermit;
@@ -226,7 +227,7 @@ impl Accumulator {
             batch_bytes,
             linger,
             compression,
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             next_id: 0,
             flush_below: 0,
             closing: false,
@@ -518,7 +519,7 @@ fn queue_in<'a>(
     partition: u32,
 ) -> &'a mut PartitionQueue {
     if !topics.contains_key(topic) {
-        topics.insert(Arc::from(topic), HashMap::new());
+        topics.insert(Arc::from(topic), HashMap::default());
     }
     match topics.get_mut(topic) {
         Some(t) => t.entry(partition).or_default(),

@@ -252,14 +252,25 @@ impl State {
             (Some(p), _) => Err(unknown_partition(&topic.name, p, count)),
             (None, Some(key)) => Ok(partition_for_key(key, count)),
             (None, None) => {
-                let available = topic.available_partitions();
-                let p = self
-                    .sticky
-                    .partition(&topic.name, count, &available, random);
+                // Which partitions have a leader matters only when choosing one: once
+                // per batch, not per record.
+                let p = match self.sticky.current(&topic.name, count) {
+                    Some(p) => p,
+                    None => self.sticky.partition(
+                        &topic.name,
+                        count,
+                        &topic.available_partitions(),
+                        random,
+                    ),
+                };
                 if self.acc.needs_new_batch(&topic.name, p, rec) {
-                    Ok(self
-                        .sticky
-                        .on_new_batch(&topic.name, p, count, &available, random))
+                    Ok(self.sticky.on_new_batch(
+                        &topic.name,
+                        p,
+                        count,
+                        &topic.available_partitions(),
+                        random,
+                    ))
                 } else {
                     Ok(p)
                 }

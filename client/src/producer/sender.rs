@@ -91,6 +91,8 @@ pub(super) async fn run(shared: Arc<Shared>, done: watch::Sender<bool>) {
     };
     loop {
         let now = Instant::now();
+        // Here and not per record: a send reads the cache without the clock.
+        sender.shared.conn.refresh_if_aged();
         sender.expire(now);
         let (ready, next_ready) = if sender.awaiting_producer_id() {
             sender.init_producer_id();

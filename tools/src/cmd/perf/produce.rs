@@ -40,6 +40,9 @@ struct AckRecorder {
     tally: std::sync::Mutex<Tally>,
     /// Records whose outcome has been recorded.
     done: AtomicU64,
+    /// How many outcomes `finish` waits for (`u64::MAX` until it is called), so that
+    /// only the last outcome wakes it, not every record.
+    awaited: AtomicU64,
     progress: tokio::sync::Notify,
 }
 
@@ -50,6 +53,7 @@ impl AckRecorder {
             measure_from,
             tally: std::sync::Mutex::default(),
             done: AtomicU64::new(0),
+            awaited: AtomicU64::new(u64::MAX),
             progress: tokio::sync::Notify::new(),
         }
     }
@@ -77,17 +81,21 @@ impl AckRecorder {
                 self.lock().fail(1, e);
             }
         }
-        self.done.fetch_add(1, Ordering::Release);
-        self.progress.notify_waiters();
+        // SeqCst pairs with `finish`: either it sees this count or this sees its target.
+        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        if done >= self.awaited.load(Ordering::SeqCst) {
+            self.progress.notify_waiters();
+        }
     }
 
     /// Waits until `sent` outcomes have been recorded, then hands them over.
     async fn finish(&self, sent: u64) -> Tally {
+        self.awaited.store(sent, Ordering::SeqCst);
         loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            if self.done.load(Ordering::Acquire) >= sent {
+            if self.done.load(Ordering::SeqCst) >= sent {
                 break;
             }
             progress.await;
@@ -272,5 +280,38 @@ mod tests {
         assert!(tally.first_error.is_some());
         assert_eq!(counters.acked.load(Ordering::Relaxed), 2);
         assert_eq!(counters.bytes.load(Ordering::Relaxed), 17);
+    }
+
+    #[tokio::test]
+    async fn finish_waits_for_outcomes_recorded_after_it_was_called() {
+        let recorder = Arc::new(AckRecorder::new(
+            Arc::new(Counters::default()),
+            Instant::now(),
+        ));
+        let stored = || {
+            Ok(RecordMetadata {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                timestamp: 0,
+            })
+        };
+        recorder.record(Instant::now(), 1, stored());
+        let finishing = tokio::spawn({
+            let recorder = recorder.clone();
+            async move { recorder.finish(3).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !finishing.is_finished(),
+            "finish returned with 1 of 3 outcomes"
+        );
+        recorder.record(Instant::now(), 1, stored());
+        recorder.record(Instant::now(), 1, stored());
+        let tally = tokio::time::timeout(Duration::from_secs(5), finishing)
+            .await
+            .expect("finish wakes on the last outcome")
+            .expect("finish task");
+        assert_eq!(tally.acked, 3);
     }
 }
