@@ -32,7 +32,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sluice_proto::batch::Header;
-use tokio::sync::{Notify, Semaphore, TryAcquireError, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot, watch};
 
 use crate::backoff::random_u64;
 use crate::config::{ClientConfig, ProducerConfig};
@@ -57,7 +57,9 @@ pub use accumulator::UNKNOWN_OFFSET;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerRecord {
-    pub topic: String,
+    /// Shared, not copied: a producer sending many records to a topic clones one
+    /// name (`Arc::clone`) instead of allocating one per record.
+    pub topic: Arc<str>,
     /// An explicit partition; `None` lets the producer choose (by key, or sticky).
     pub partition: Option<u32>,
     pub key: Option<Bytes>,
@@ -69,7 +71,7 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     /// A record with a value and nothing else.
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Self {
         Self {
             topic: topic.into(),
             value: Some(value.into()),
@@ -78,7 +80,7 @@ impl ProducerRecord {
     }
 
     /// A record with a key and no value (a tombstone, for compacted topics).
-    pub fn tombstone(topic: impl Into<String>, key: impl Into<Bytes>) -> Self {
+    pub fn tombstone(topic: impl Into<Arc<str>>, key: impl Into<Bytes>) -> Self {
         Self {
             topic: topic.into(),
             key: Some(key.into()),
@@ -382,19 +384,13 @@ impl Producer {
                 "a record needs a topic name".into(),
             ));
         }
-        let max_block = shared.config.max_block;
         // The usual case, cached metadata and free buffer memory, waits for nothing and
-        // so sets no timer (which would read the clock for every record).
+        // so sets no timer (which would read the clock for every record). The waits are
+        // boxed: their state would otherwise make this future, which is built and moved
+        // for every record, kilobytes large.
         let topic = match shared.conn.cached_topic(&record.topic) {
             Some(topic) => topic,
-            None => tokio::time::timeout(max_block, shared.conn.topic(&record.topic))
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    message: format!(
-                        "no metadata for topic '{}' within max_block {max_block:?}",
-                        record.topic
-                    ),
-                })??,
+            None => Box::pin(self.wait_for_topic(&record.topic)).await?,
         };
         let rec = RecordData {
             timestamp: record.timestamp.unwrap_or_else(now_ms),
@@ -416,24 +412,9 @@ impl Producer {
             )));
         }
         let permit = match shared.memory.clone().try_acquire_many_owned(charge as u32) {
-            Ok(permit) => Ok(Ok(permit)),
-            Err(TryAcquireError::Closed) => Ok(Err(())),
-            Err(TryAcquireError::NoPermits) => tokio::time::timeout(
-                max_block,
-                shared.memory.clone().acquire_many_owned(charge as u32),
-            )
-            .await
-            .map(|acquired| acquired.map_err(|_| ())),
-        };
-        let permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(())) => return Err(closed()),
-            Err(_) => {
-                return Err(ClientError::BufferFull(format!(
-                    "no room for a {charge}-byte record in {buffer} bytes of buffer memory within \
-                     max_block {max_block:?}: the brokers are not keeping up or cannot be reached"
-                )));
-            }
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(closed()),
+            Err(TryAcquireError::NoPermits) => Box::pin(self.wait_for_memory(charge)).await?,
         };
         let wake = {
             let mut state = shared.state();
@@ -456,6 +437,36 @@ impl Producer {
             shared.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// `topic`'s metadata from the cluster, within `max_block`.
+    async fn wait_for_topic(&self, topic: &str) -> Result<Arc<TopicMetadata>> {
+        let max_block = self.handle.shared.config.max_block;
+        tokio::time::timeout(max_block, self.handle.shared.conn.topic(topic))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                message: format!("no metadata for topic '{topic}' within max_block {max_block:?}"),
+            })?
+    }
+
+    /// `charge` bytes of buffer memory, once records in flight release them, within
+    /// `max_block`.
+    async fn wait_for_memory(&self, charge: usize) -> Result<OwnedSemaphorePermit> {
+        let shared = &self.handle.shared;
+        let (buffer, max_block) = (shared.config.buffer_memory, shared.config.max_block);
+        match tokio::time::timeout(
+            max_block,
+            shared.memory.clone().acquire_many_owned(charge as u32),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ClientError::Closed("the producer is closed".into())),
+            Err(_) => Err(ClientError::BufferFull(format!(
+                "no room for a {charge}-byte record in {buffer} bytes of buffer memory within \
+                 max_block {max_block:?}: the brokers are not keeping up or cannot be reached"
+            ))),
+        }
     }
 
     /// Sends every buffered record now (ignoring linger) and waits until each has
@@ -667,6 +678,17 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::Transport { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_send_future_stays_small() {
+        // Built and moved once per record: waits that are rarely taken are boxed so
+        // that their state (a metadata refresh, timers) does not make it kilobytes.
+        let conn = Connection::new(ClientConfig::new(["127.0.0.1:1"])).unwrap();
+        let producer = Producer::new(conn, ProducerConfig::default()).unwrap();
+        let send = producer.send_with(ProducerRecord::new("t", "v"), |_| {});
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 1024, "send_with's future is {size} bytes");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! not stored makes the command fail.
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -152,6 +153,7 @@ pub async fn run(a: ProduceArgs, global: &GlobalArgs, io: &mut Io) -> anyhow::Re
 
     let start = Instant::now();
     let sep = a.key_separator.as_deref().map(str::as_bytes);
+    let topic: Arc<str> = a.topic.as_str().into();
     let (mut sent, mut bytes, mut line_no) = (0u64, 0u64, 0u64);
     let mut failure: Option<anyhow::Error> = None;
     while let Some(line) = lines.recv().await {
@@ -172,7 +174,7 @@ pub async fn run(a: ProduceArgs, global: &GlobalArgs, io: &mut Io) -> anyhow::Re
         };
         bytes += (key.as_ref().map_or(0, Bytes::len) + value.len()) as u64;
         let record = ProducerRecord {
-            topic: a.topic.clone(),
+            topic: topic.clone(),
             partition: a.partition,
             key,
             value: Some(value),

@@ -156,7 +156,7 @@ pub(super) async fn produce(
         let recorder = Arc::new(AckRecorder::new(counters.clone(), measure_from));
         let sender = SendLoop {
             producer,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             value: value.clone(),
             keys: o.keys,
             rng: SplitMix64::new(seed() ^ (i as u64).wrapping_mul(0x9E37_79B9)),
@@ -187,7 +187,7 @@ pub(super) async fn produce(
 /// One producer's sending loop.
 struct SendLoop {
     producer: Producer,
-    topic: String,
+    topic: Arc<str>,
     value: Bytes,
     keys: KeyMode,
     rng: SplitMix64,
