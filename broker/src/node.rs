@@ -34,6 +34,8 @@ use crate::server::peers::Peers;
 /// HTTP/2 flow-control windows of one stream and of one connection.
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The largest HTTP/2 frame the broker accepts (a produce batch's usual size).
+const MAX_FRAME: u32 = 1 << 20;
 
 /// How often retention and segment ageing run.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
@@ -174,6 +176,9 @@ impl Broker {
                     // round trip of window updates; give each stream room for many batches.
                     .initial_stream_window_size(STREAM_WINDOW)
                     .initial_connection_window_size(CONNECTION_WINDOW)
+                    // Produce requests and Raft appends arrive as one frame per MiB, not
+                    // one per 16 KiB (the default): h2 and tonic handle and copy each frame.
+                    .max_frame_size(MAX_FRAME)
                     .add_service(api)
                     .add_service(groups)
                     .add_service(raft)
