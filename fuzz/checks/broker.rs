@@ -183,7 +183,8 @@ fn tempdir() -> tempfile::TempDir {
 pub fn peer_request_decode(data: &[u8]) {
     use prost::Message;
     let payload = RaftRequest::decode(data).map(|r| r.payload).ok();
-    for p in [Some(data), payload.as_deref()].into_iter().flatten() {
+    let raw = bytes::Bytes::copy_from_slice(data);
+    for p in [Some(&raw), payload.as_ref()].into_iter().flatten() {
         let _ = network::decode::<AppendEntriesRpc>(p);
         let _ = network::decode::<VoteRpc>(p);
         let _ = network::decode::<SnapshotRpc>(p);

@@ -31,7 +31,7 @@ use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, RaftNetworkV2, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftNetworkV2, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::raft::raft_client::RaftClient;
@@ -44,7 +44,7 @@ use super::RaftHandle;
 use super::abstain::Abstention;
 use super::pulse::{Beat, BeatReply, Pulse};
 use super::state_machine::{GroupSnapshot, PartitionSnapshot};
-use super::types::{BasicNode, NodeId, SnapshotMeta, TypeConfig, Vote};
+use super::types::{BasicNode, NodeId, SnapshotMeta, TypeConfig, Vote, decode_sharing};
 
 /// Version byte in front of every payload.
 pub const WIRE_VERSION: u8 = 1;
@@ -91,17 +91,24 @@ pub enum TransportError {
 
 /// Encodes a payload: version byte, then postcard.
 pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, TransportError> {
-    let out = postcard::to_extend(value, vec![WIRE_VERSION])
-        .map_err(|e| TransportError::Encode(e.to_string()))?;
+    encode_sized(value, 0)
+}
+
+/// [`encode`] into a buffer sized for about `size_hint` bytes, so that a large
+/// payload is not copied each time the buffer grows.
+pub fn encode_sized<T: Serialize>(value: &T, size_hint: usize) -> Result<Bytes, TransportError> {
+    let mut out = Vec::with_capacity(size_hint + 1);
+    out.push(WIRE_VERSION);
+    let out = postcard::to_extend(value, out).map_err(|e| TransportError::Encode(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 
-/// Decodes a payload written by [`encode`].
-pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, TransportError> {
+/// Decodes a payload written by [`encode`]. Record batches in it share `payload`'s
+/// memory instead of being copied.
+pub fn decode<T: DeserializeOwned>(payload: &Bytes) -> Result<T, TransportError> {
     match payload.split_first() {
-        Some((&WIRE_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| TransportError::Decode(e.to_string()))
-        }
+        Some((&WIRE_VERSION, body)) => decode_sharing(payload, || postcard::from_bytes(body))
+            .map_err(|e| TransportError::Decode(e.to_string())),
         Some((&got, _)) => Err(TransportError::WireVersion { got }),
         None => Err(TransportError::Decode("empty payload".into())),
     }
@@ -109,6 +116,19 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, TransportError> 
 
 /// What an `AppendEntries` request carries.
 pub type AppendEntriesRpc = AppendEntriesRequest<TypeConfig>;
+
+/// About the encoded size of `rpc`: its record batches and a little per entry.
+fn append_size_hint(rpc: &AppendEntriesRpc) -> usize {
+    let entries: usize = rpc
+        .entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(batch) => batch.0.len() + 32,
+            _ => 64,
+        })
+        .sum();
+    entries + 128
+}
 /// What a `Vote` request carries: a vote or a pre-vote.
 pub type VoteRpc = (VoteKind, VoteRequest<TypeConfig>);
 /// What an `InstallSnapshot` request carries: the leader's vote and the whole snapshot.
@@ -605,7 +625,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             option.hard_ttl().max(APPEND_WITH_ENTRIES_MIN_TTL)
         };
         let result: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> = async {
-            let payload = encode(&rpc)?;
+            let payload = encode_sized(&rpc, append_size_hint(&rpc))?;
             self.call(Rpc::AppendEntries, payload, ttl).await
         }
         .await
@@ -674,15 +694,15 @@ mod tests {
         let mut wrong = enc.to_vec();
         wrong[0] = 9;
         assert!(matches!(
-            decode::<(VoteKind, u64)>(&wrong),
+            decode::<(VoteKind, u64)>(&Bytes::from(wrong)),
             Err(TransportError::WireVersion { got: 9 })
         ));
         assert!(matches!(
-            decode::<(VoteKind, u64)>(&[]),
+            decode::<(VoteKind, u64)>(&Bytes::new()),
             Err(TransportError::Decode(_))
         ));
         assert!(matches!(
-            decode::<(VoteKind, u64)>(&[WIRE_VERSION, 0xff]),
+            decode::<(VoteKind, u64)>(&Bytes::from_static(&[WIRE_VERSION, 0xff])),
             Err(TransportError::Decode(_))
         ));
     }

@@ -9,6 +9,7 @@
 //! committed leader id is just the term and a log id is `(term, index)` — exactly what a
 //! log frame stores. The advanced mode would also need the node id in every frame.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -72,7 +73,7 @@ impl<'de> Deserialize<'de> for RecordBatch {
                 f.write_str("record batch bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RecordBatch, E> {
-                Ok(RecordBatch(Bytes::copy_from_slice(v)))
+                Ok(RecordBatch(shared_slice(v)))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<RecordBatch, E> {
                 Ok(RecordBatch(Bytes::from(v)))
@@ -137,6 +138,38 @@ pub fn to_log_id(id: EntryId) -> LogId {
     log_id(id.term, id.index)
 }
 
+thread_local! {
+    /// The buffer [`decode_sharing`] is decoding from, if any.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` (synchronous: no await may happen inside) with `source` as the buffer
+/// record batches borrow from: each batch decoded from it becomes a slice of `source`
+/// (a reference count), not a copy. Batches are most of a Raft append's bytes.
+pub(crate) fn decode_sharing<R>(source: &Bytes, decode: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Bytes>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SOURCE.with(|s| *s.borrow_mut() = self.0.take());
+        }
+    }
+    let _reset = Reset(SOURCE.with(|s| s.borrow_mut().replace(source.clone())));
+    decode()
+}
+
+/// `v` as a slice of the buffer being decoded, if it lies in it; else a copy.
+fn shared_slice(v: &[u8]) -> Bytes {
+    SOURCE.with(|s| match s.borrow().as_ref() {
+        Some(src)
+            if src.as_ptr_range().start <= v.as_ptr_range().start
+                && v.as_ptr_range().end <= src.as_ptr_range().end =>
+        {
+            src.slice_ref(v)
+        }
+        _ => Bytes::copy_from_slice(v),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +191,22 @@ mod tests {
         let json = serde_json::to_vec(&b).expect("json");
         let back: RecordBatch = serde_json::from_slice(&json).expect("json back");
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn batches_decoded_while_sharing_are_slices_of_the_source() {
+        let batches = vec![
+            RecordBatch(Bytes::from(vec![7u8; 100])),
+            RecordBatch(Bytes::from(vec![9u8; 50])),
+        ];
+        let source = Bytes::from(postcard::to_allocvec(&batches).expect("encode"));
+        let decoded: Vec<RecordBatch> =
+            decode_sharing(&source, || postcard::from_bytes(&source)).expect("decode");
+        assert_eq!(decoded, batches);
+        let inside = |b: &RecordBatch| source.as_ptr_range().contains(&b.0.as_ptr());
+        assert!(decoded.iter().all(inside), "batches were copied");
+        // Outside `decode_sharing`, decoding copies (nothing to share with).
+        let copied: Vec<RecordBatch> = postcard::from_bytes(&source).expect("decode");
+        assert!(!copied.iter().any(inside));
     }
 }
