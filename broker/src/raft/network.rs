@@ -116,6 +116,10 @@ pub fn decode<T: DeserializeOwned>(payload: &Bytes) -> Result<T, TransportError>
 
 /// What an `AppendEntries` request carries.
 pub type AppendEntriesRpc = AppendEntriesRequest<TypeConfig>;
+/// What a `Vote` request carries: a vote or a pre-vote.
+pub type VoteRpc = (VoteKind, VoteRequest<TypeConfig>);
+/// What an `InstallSnapshot` request carries: the leader's vote and the whole snapshot.
+pub type SnapshotRpc = (Vote, SnapshotMeta, PartitionSnapshot);
 
 /// About the encoded size of `rpc`: its record batches and a little per entry.
 fn append_size_hint(rpc: &AppendEntriesRpc) -> usize {
@@ -129,10 +133,6 @@ fn append_size_hint(rpc: &AppendEntriesRpc) -> usize {
         .sum();
     entries + 128
 }
-/// What a `Vote` request carries: a vote or a pre-vote.
-pub type VoteRpc = (VoteKind, VoteRequest<TypeConfig>);
-/// What an `InstallSnapshot` request carries: the leader's vote and the whole snapshot.
-pub type SnapshotRpc = (Vote, SnapshotMeta, PartitionSnapshot);
 
 /// Which vote a `Vote` RPC carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
