@@ -57,6 +57,50 @@ async fn read_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_finds_added_partitions_once_its_metadata_ages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
+    let mut config = client_config(&broker);
+    config.metadata_max_age = Duration::from_millis(300);
+    let conn = Connection::connect(config).await.expect("connect");
+    let admin = Admin::new(conn.clone());
+    admin
+        .create_topic(NewTopic::new("growing", 1))
+        .await
+        .expect("create topic");
+    let producer = Producer::new(conn.clone(), ProducerConfig::default()).expect("producer");
+    let send = |i: u32| {
+        let producer = producer.clone();
+        async move {
+            let record = ProducerRecord::new("growing", "v").key(format!("key-{i}"));
+            let delivery = producer.send(record).await.expect("buffered");
+            delivery.await.expect("stored").partition
+        }
+    };
+    assert_eq!(send(0).await, 0, "one partition so far");
+    // Another admin's change: this producer hears of it only by refreshing its
+    // metadata, which it must do once the cache is older than metadata_max_age.
+    let other = Admin::new(connect(&broker).await);
+    other
+        .add_partitions("growing", 4)
+        .await
+        .expect("add partitions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 1;
+    loop {
+        if send(i).await > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keyed records still all go to partition 0 after 10 s"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_in_order_per_partition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = BrokerProcess::start(BROKER, &dir.path().join("b1"));
