@@ -79,6 +79,12 @@ pub(crate) fn decode_batches(
         if end <= from || header.attributes & CONTROL_FLAG != 0 {
             continue;
         }
+        // A response holds thousands of records: grow once per batch, not by doubling.
+        records.reserve(
+            usize::try_from(header.record_count)
+                .unwrap_or(0)
+                .min(1 << 16),
+        );
         for record in batch.records() {
             let record = record.map_err(corrupt)?;
             let Ok(offset) = u64::try_from(record.offset) else {
