@@ -128,10 +128,6 @@ warmup_args() { [[ $WARMUP =~ ^0*(\.0*)?$ ]] || echo --warmup "$WARMUP"; }
 w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 
-# Deletes a topic whose workload has been measured: at these rates W1 to W3 write over
-# 20 GB, more than a small disk has free.
-drop_topic() { sluice_cli topic delete "$1" >/dev/null 2>&1 || log "  could not delete topic $1"; }
-
 run_sluice() {
   local dir=$1 pid rate
   log "sluice: one broker"
@@ -141,10 +137,8 @@ run_sluice() {
   # shellcheck disable=SC2046
   measure "$dir/sluice-w1.json" sluice_cli perf produce --topic w1 --create $(w1_args) --acks all || true
   proc_memory "$pid" >"$dir/sluice-mem-after-w1.json"
-  drop_topic w1
   # shellcheck disable=SC2046
   measure "$dir/sluice-w2.json" sluice_cli perf produce --topic w2 --create $(w2_args) --acks all || true
-  drop_topic w2
   rate=$(w3_rate "$dir" sluice)
   if [[ -n $rate ]]; then
     # No linger, as the peers send each record at once: batches are what gathers while
@@ -152,7 +146,6 @@ run_sluice() {
     # shellcheck disable=SC2046
     measure "$dir/sluice-w3.json" sluice_cli perf end-to-end --topic w3 --create --partitions "$PARTITIONS" \
       --record-size 1024 --rate "$rate" --linger-ms 0 --duration "$DURATION" $(warmup_args) || true
-    drop_topic w3
   fi
   measure "$dir/sluice-w4-fill.json" sluice_cli perf produce --topic w4 --create --partitions "$PARTITIONS" \
     --record-size 1024 --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
