@@ -155,8 +155,8 @@ fn nonzero(d: Duration, name: &str) -> Result<()> {
 /// `max_in_flight` batches per round trip through the broker (append, fsync,
 /// commit, answer), so under load the batch size bounds a partition's throughput:
 /// one producer on 8 partitions of 1 KiB records, acknowledged after fsync, went from
-/// 340k records/s with 64 KiB batches to 530k with 256 KiB and 640k with 1 MiB on
-/// the 2-vCPU machine of `benches/compare.sh`. 1 MiB is Kafka's default
+/// 330k records/s with 64 KiB batches to 520k with 256 KiB and 580k with 1 MiB
+/// (medians of 3 to 5 runs) on the 2-vCPU machine of `benches/compare.sh`. 1 MiB is Kafka's default
 /// `max.request.size` and Redpanda's usual batch ceiling. It costs nothing at low
 /// rates: with `linger` at 5 ms a batch is sent when the linger expires, however
 /// small, and memory is only taken for records actually buffered.
