@@ -31,27 +31,47 @@ async fn connect(broker: &BrokerProcess) -> Connection {
         .expect("connect")
 }
 
+/// Reads `topic` from the start of every partition, handing each record to `take`
+/// until it returns false; false if 20 s pass first (or the consumer ends).
+async fn read_from_start(
+    conn: &Connection,
+    topic: &str,
+    mut take: impl FnMut(sluice_client::ConsumerRecord) -> bool,
+) -> bool {
+    let mut consumer = Consumer::new(conn.clone(), ConsumerConfig::default()).expect("consumer");
+    let tps = consumer.assign_topic(topic).await.expect("assign");
+    for tp in &tps {
+        consumer.seek(tp, Offset::Earliest).expect("seek");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Some(Ok(r))) => {
+                if !take(r) {
+                    return true;
+                }
+            }
+            Ok(Some(Err(e))) => panic!("consume failed: {e}"),
+            Ok(None) | Err(_) => return false,
+        }
+    }
+}
+
 /// Reads `count` records from the start of every partition of `topic`.
 async fn read_all(
     conn: &Connection,
     topic: &str,
     count: usize,
 ) -> Vec<sluice_client::ConsumerRecord> {
-    let mut consumer = Consumer::new(conn.clone(), ConsumerConfig::default()).expect("consumer");
-    let tps = consumer.assign_topic(topic).await.expect("assign");
-    for tp in &tps {
-        consumer.seek(tp, Offset::Earliest).expect("seek");
-    }
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while out.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Some(Ok(r))) => out.push(r),
-            Ok(Some(Err(e))) => panic!("consume failed: {e}"),
-            Ok(None) => break,
-            Err(_) => panic!("only {} of {count} records arrived", out.len()),
-        }
+    if count > 0 {
+        let complete = read_from_start(conn, topic, |r| {
+            out.push(r);
+            out.len() < count
+        })
+        .await;
+        assert!(complete, "only {} of {count} records arrived", out.len());
     }
     out
 }
@@ -460,22 +480,12 @@ async fn acknowledged_records_survive_kill_9_under_load() {
     // broker, so the partitions grow while this reads: read until every acknowledged
     // record was seen (a lost one never shows up, and the deadline fails the test).
     let mut missing: std::collections::HashSet<String> = acked.iter().cloned().collect();
-    let mut consumer = Consumer::new(conn.clone(), ConsumerConfig::default()).expect("consumer");
-    for tp in consumer.assign_topic("ledger").await.expect("assign") {
-        consumer.seek(&tp, Offset::Earliest).expect("seek");
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !missing.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Some(Ok(r))) => {
-                let value = r.value.expect("value");
-                missing.remove(String::from_utf8_lossy(&value).as_ref());
-            }
-            Ok(Some(Err(e))) => panic!("consume failed: {e}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    read_from_start(&conn, "ledger", |r| {
+        let value = r.value.expect("value");
+        missing.remove(String::from_utf8_lossy(&value).as_ref());
+        !missing.is_empty()
+    })
+    .await;
     let lost: Vec<&String> = missing.iter().take(5).collect();
     assert!(
         missing.is_empty(),

@@ -25,6 +25,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use super::mapped::page_size;
+
 /// Part of a file handed to writeback, still counted as cached.
 struct Chunk {
     /// Weak: a deleted segment's pages go with its last handle.
@@ -105,11 +107,6 @@ static SHARED: OnceLock<Arc<TailCache>> = OnceLock::new();
 
 fn physical_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    u64::try_from(pages).unwrap_or(0) * u64::try_from(size).unwrap_or(0)
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    u64::try_from(pages).unwrap_or(0) * page_size() as u64
 }

@@ -295,6 +295,10 @@ fn charge(rec: &RecordData) -> usize {
     data.saturating_add(headers).saturating_add(36)
 }
 
+fn closed() -> ClientError {
+    ClientError::Closed("the producer is closed".into())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -375,7 +379,6 @@ impl Producer {
     /// Validates, places and buffers `record`; its outcome goes to `delivery`.
     async fn buffer(&self, record: ProducerRecord, delivery: Delivery) -> Result<()> {
         let shared = &self.handle.shared;
-        let closed = || ClientError::Closed("the producer is closed".into());
         if shared.closed.load(Ordering::Acquire) {
             return Err(closed());
         }
@@ -461,7 +464,7 @@ impl Producer {
         .await
         {
             Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(ClientError::Closed("the producer is closed".into())),
+            Ok(Err(_)) => Err(closed()),
             Err(_) => Err(ClientError::BufferFull(format!(
                 "no room for a {charge}-byte record in {buffer} bytes of buffer memory within \
                  max_block {max_block:?}: the brokers are not keeping up or cannot be reached"

@@ -255,20 +255,21 @@ impl SendLoop {
 mod tests {
     use super::*;
 
+    fn stored() -> sluice_client::Result<RecordMetadata> {
+        Ok(RecordMetadata {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            timestamp: 0,
+        })
+    }
+
     #[tokio::test]
     async fn warm_up_records_show_in_progress_but_count_in_no_figure() {
         let counters = Arc::new(Counters::default());
         let start = Instant::now();
         let measure_from = start + Duration::from_millis(50);
         let recorder = AckRecorder::new(counters.clone(), measure_from);
-        let stored = || {
-            Ok(RecordMetadata {
-                topic: "t".into(),
-                partition: 0,
-                offset: 0,
-                timestamp: 0,
-            })
-        };
         recorder.record(start, 10, stored());
         recorder.record(start, 10, Err(ClientError::Closed("test".into())));
         recorder.record(measure_from, 7, stored());
@@ -288,14 +289,6 @@ mod tests {
             Arc::new(Counters::default()),
             Instant::now(),
         ));
-        let stored = || {
-            Ok(RecordMetadata {
-                topic: "t".into(),
-                partition: 0,
-                offset: 0,
-                timestamp: 0,
-            })
-        };
         recorder.record(Instant::now(), 1, stored());
         let finishing = tokio::spawn({
             let recorder = recorder.clone();
