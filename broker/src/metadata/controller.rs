@@ -211,6 +211,8 @@ fn apply_batch(
     if next <= applied.next_offset {
         return;
     }
+    // The batch may carry the base offset its writer gave it (see `ApplyHook`).
+    let stored_base = batch.header().base_offset;
     for record in batch.records() {
         let record = match record {
             Ok(r) => r,
@@ -219,17 +221,58 @@ fn apply_batch(
                 break;
             }
         };
-        if (record.offset as u64) < applied.next_offset {
+        let Some(offset) = record
+            .offset
+            .checked_sub(stored_base)
+            .and_then(|delta| u64::try_from(delta).ok())
+            .map(|delta| base_offset.saturating_add(delta))
+        else {
+            tracing::error!(base_offset, "controller record before its batch skipped");
+            break;
+        };
+        if offset < applied.next_offset {
             continue;
         }
         let Some(value) = record.value else { continue };
         match MetadataCommand::decode(&value).and_then(|cmd| applied.state.apply(&cmd)) {
-            Ok(()) => tracing::info!(offset = record.offset, "applied metadata command"),
+            Ok(()) => tracing::info!(offset, "applied metadata command"),
             Err(e) => {
-                tracing::warn!(offset = record.offset, error = %e, "metadata command not applied")
+                tracing::warn!(offset, error = %e, "metadata command not applied")
             }
         }
     }
     applied.next_offset = next;
     publish.send_replace(Arc::new(applied.state.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command_batch(cmd: &MetadataCommand) -> Bytes {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder
+            .append(0, None, Some(&cmd.encode()), &[])
+            .expect("append");
+        builder.build()
+    }
+
+    #[test]
+    fn commands_apply_at_the_offsets_the_log_gives_not_the_ones_in_the_batch() {
+        let applied = Mutex::new(Applied {
+            state: MetadataState::new(Vec::new()),
+            next_offset: 0,
+        });
+        let (publish, published) = watch::channel(Arc::new(MetadataState::new(Vec::new())));
+        // Both batches say base offset 0, as a batch kept in memory does.
+        let first = command_batch(&MetadataCommand::AllocateProducerId { id: 0 });
+        let second = command_batch(&MetadataCommand::AllocateProducerId { id: 1 });
+        apply_batch(&applied, &publish, 0, &first);
+        apply_batch(&applied, &publish, 1, &second);
+        assert_eq!(published.borrow().next_producer_id(), 2);
+        // Delivered again (a restart re-applies the log): skipped by offset.
+        apply_batch(&applied, &publish, 1, &second);
+        assert_eq!(published.borrow().next_producer_id(), 2);
+        assert_eq!(applied.lock().expect("lock").next_offset, 2);
+    }
 }

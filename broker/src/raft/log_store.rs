@@ -4,6 +4,8 @@
 //! Owns: the mapping between openraft entries and log frames, the group-commit flusher
 //! that acknowledges appends to openraft in order once they are fsynced, the
 //! acks=leader notifications, and the `raft-meta` file (vote, committed, last purged).
+//! Every append, truncation and purge is mirrored into the group's [`RecentEntries`],
+//! which the reader serves from first.
 //! Must never re-encode a record batch (the log stamps it in place), never acknowledge
 //! an append before its fsync, and never hand openraft an entry at or below the last
 //! purged id.
@@ -26,6 +28,7 @@ use sluice_proto::batch::BatchHeader;
 use tokio::sync::{mpsc, oneshot};
 
 use super::meta::{MetaStore, StateFileError};
+use super::recent::RecentEntries;
 use super::types::{Entry, LogId, Membership, RecordBatch, TypeConfig, Vote, entry_id, to_log_id};
 use crate::log::{EntryKind, Frame, Log, LogError, NewEntry, Ticket};
 
@@ -199,6 +202,7 @@ async fn run_flusher(
 pub struct LogStore {
     log: Arc<Log>,
     meta: Arc<MetaStore>,
+    recent: Arc<RecentEntries>,
     acks: Arc<LeaderAcks>,
     failure: Arc<StorageFailure>,
     flusher: mpsc::UnboundedSender<FlushJob>,
@@ -211,6 +215,7 @@ impl LogStore {
     pub fn new(
         log: Arc<Log>,
         meta: Arc<MetaStore>,
+        recent: Arc<RecentEntries>,
         acks: Arc<LeaderAcks>,
         failure: Arc<StorageFailure>,
         max_append_bytes: usize,
@@ -220,6 +225,7 @@ impl LogStore {
         Self {
             log,
             meta,
+            recent,
             acks,
             failure,
             flusher: tx,
@@ -231,6 +237,7 @@ impl LogStore {
         LogReader {
             log: self.log.clone(),
             meta: self.meta.clone(),
+            recent: self.recent.clone(),
             failure: self.failure.clone(),
             max_append_bytes: self.max_append_bytes,
         }
@@ -385,7 +392,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             })
             .collect();
-        let appended = self.log.append(&new).map_err(|e| self.storage(e))?;
+        let appended = match self.log.append(&new) {
+            Ok(a) => a,
+            Err(e) => {
+                // What the log kept of a failed append is unknown here.
+                self.recent.clear();
+                return Err(self.storage(e));
+            }
+        };
 
         let mut waiting = Vec::new();
         if self.acks.is_waiting() {
@@ -400,6 +414,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
+        drop(new);
+        self.recent.appended(entries);
         self.flusher
             .send(FlushJob::Append {
                 ticket: appended.ticket,
@@ -411,6 +427,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<()> {
         self.barrier().await?;
+        self.recent.truncate_after(last.map(|l| l.index));
         self.log
             .truncate_after(last.map(|l| l.index))
             .map_err(|e| self.storage(e))
@@ -423,6 +440,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta.set_purged(upto);
         self.persist_meta().await?;
         let id = entry_id(&upto);
+        self.recent.release_through(id.index);
         let beyond_end = self.log.last_id().is_none_or(|last| last.index < id.index);
         if beyond_end {
             // Nothing past `upto` is kept: restart the log right after it so the next
@@ -439,11 +457,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Reads entries for replication and the state machine; cheap to clone.
+/// Reads entries for replication and the state machine, from memory while they are
+/// recent ([`RecentEntries`]), else from the log; cheap to clone.
 #[derive(Clone)]
 pub struct LogReader {
     log: Arc<Log>,
     meta: Arc<MetaStore>,
+    recent: Arc<RecentEntries>,
     failure: Arc<StorageFailure>,
     max_append_bytes: usize,
 }
@@ -464,6 +484,9 @@ impl LogReader {
         let start = start.max(floor);
         if start >= end {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent.read(start..end, max_bytes) {
+            return Ok(entries);
         }
         let frames = self
             .log

@@ -6,6 +6,8 @@
 //! - [`log_store`]: `RaftLogStorage`/`RaftLogReader` over the log, group-commit fsync.
 //! - [`state_machine`]: the thin state machine (applied id, membership, high watermark).
 //! - [`network`]: one gRPC service for all groups between two brokers.
+//! - [`recent`]: the newest entries kept in memory until applied, so applying and
+//!   replicating them does not read the log back.
 //! - [`producers`]: idempotent producers' sequences (dedupe of retried batches).
 //! - [`meta`]: the small atomically written state files.
 //! - [`abstain`]: a replica that lost a damaged log tail stays out of elections until
@@ -25,6 +27,7 @@ pub mod meta;
 pub mod network;
 pub mod producers;
 pub mod pulse;
+pub mod recent;
 pub mod state_machine;
 pub mod types;
 
@@ -55,6 +58,7 @@ use log_store::{AckWaiter, LeaderAcks, LogStore, StorageFailure};
 use meta::{MetaState, MetaStore, StateFileError};
 use network::TransportError;
 use producers::{LeaderSequences, ProducerTable, SequenceError, Stamp, Verdict};
+use recent::{EntryBudget, RecentEntries};
 use state_machine::{StateMachine, StateMachineError};
 
 pub use log_store::DEFAULT_MAX_APPEND_BYTES;
@@ -355,13 +359,21 @@ impl Replica {
         let sm_path = dir.join("sm-state");
         let fresh =
             log.last_id().is_none() && meta.state() == MetaState::default() && !sm_path.exists();
-        let (sm, hw) = StateMachine::open(log.clone(), sm_path, hook, tuning.checkpoint)?;
+        let recent = Arc::new(RecentEntries::new(EntryBudget::shared()));
+        let (sm, hw) = StateMachine::open(
+            log.clone(),
+            recent.clone(),
+            sm_path,
+            hook,
+            tuning.checkpoint,
+        )?;
         let producers = sm.producers();
         let acks = Arc::new(LeaderAcks::default());
         let failure = Arc::new(StorageFailure::default());
         let store = LogStore::new(
             log.clone(),
             meta.clone(),
+            recent,
             acks.clone(),
             failure.clone(),
             tuning.max_append_bytes,

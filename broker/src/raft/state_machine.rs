@@ -36,10 +36,13 @@ use tokio::sync::watch;
 
 use super::meta::{StateFileError, read_state, write_state};
 use super::producers::{ProducerTable, Stamp};
+use super::recent::RecentEntries;
 use super::types::{Applied, LogId, SnapshotMeta, StoredMembership, TypeConfig, entry_id};
 use crate::log::{Log, LogError};
 
-/// Called with each applied data batch and its base offset, in log order.
+/// Called with each applied data batch and its base offset, in log order. The batch's
+/// own header may hold the base offset its writer gave it rather than the log's (it
+/// can come from memory, see [`super::recent`]): offsets come from the argument.
 pub type ApplyHook = Arc<dyn Fn(u64, &Bytes) + Send + Sync>;
 
 /// The snapshot data of a partition: where its offsets stand and what it knows of
@@ -160,6 +163,8 @@ impl SinceCheckpoint {
 
 pub struct StateMachine {
     log: Arc<Log>,
+    /// Entries kept in memory until applied; released here, cleared on a log reset.
+    recent: Arc<RecentEntries>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     hw: u64,
@@ -178,6 +183,7 @@ impl StateMachine {
     /// log is reset to continue after it, finishing the install.
     pub fn open(
         log: Arc<Log>,
+        recent: Arc<RecentEntries>,
         path: PathBuf,
         hook: Option<ApplyHook>,
         policy: CheckpointPolicy,
@@ -227,6 +233,7 @@ impl StateMachine {
             .unwrap_or_default();
         let sm = Self {
             log,
+            recent,
             last_applied,
             membership,
             hw,
@@ -302,15 +309,8 @@ impl StateMachine {
                 format!("entry {id} holds an unreadable batch: {e}"),
             )
         })?;
+        // Not `header.base_offset`: a batch read from memory carries the producer's.
         let base = self.hw;
-        if header.base_offset != base as i64 {
-            tracing::warn!(
-                entry = %id,
-                stamped = header.base_offset,
-                expected = base,
-                "stored batch base offset differs from the high watermark"
-            );
-        }
         self.hw += header.offset_count();
         self.since.bytes += batch.len() as u64;
         if let Some(stamp) = Stamp::of(&header) {
@@ -355,6 +355,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 });
             }
         }
+        if let Some(id) = &self.last_applied {
+            self.recent.release_through(id.index);
+        }
         self.maybe_checkpoint().await
     }
 
@@ -387,6 +390,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Durable before the log changes, so a crash in between finishes the
                 // reset at the next start.
                 save_snapshot(&self.snapshots, stored).await?;
+                self.recent.clear();
                 if have {
                     self.log
                         .next_offset_after(id.index)

@@ -37,15 +37,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStores {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Arc::new(Log::open(dir.path().join("log"), small_log()).expect("open log"));
         let meta = Arc::new(MetaStore::open(dir.path().join("raft-meta")).expect("meta"));
+        let recent = Arc::new(RecentEntries::new(Arc::new(EntryBudget::new(1 << 20))));
         let store = LogStore::new(
             log.clone(),
             meta,
+            recent.clone(),
             Arc::new(LeaderAcks::default()),
             Arc::new(StorageFailure::default()),
             1024,
         );
         let (sm, _hw) = StateMachine::open(
             log,
+            recent,
             dir.path().join("sm-state"),
             None,
             CheckpointPolicy::default(),
