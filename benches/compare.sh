@@ -128,6 +128,12 @@ warmup_args() { [[ $WARMUP =~ ^0*(\.0*)?$ ]] || echo --warmup "$WARMUP"; }
 w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 
+# Deletes a measured workload's topic: at these rates W1 to W3 write about 20 GB, more
+# than a small disk has free. Not right before W3: deleting gigabytes frees their page
+# cache at once, and W3's appends then take fresh pages, which costs latency (a run
+# that deleted W2's topic just before W3 had its e2e p99 go from 16 to 100 ms).
+drop_topic() { sluice_cli topic delete "$1" >/dev/null 2>&1 || log "  could not delete topic $1"; }
+
 run_sluice() {
   local dir=$1 pid rate
   log "sluice: one broker"
@@ -137,6 +143,7 @@ run_sluice() {
   # shellcheck disable=SC2046
   measure "$dir/sluice-w1.json" sluice_cli perf produce --topic w1 --create $(w1_args) --acks all || true
   proc_memory "$pid" >"$dir/sluice-mem-after-w1.json"
+  drop_topic w1
   # shellcheck disable=SC2046
   measure "$dir/sluice-w2.json" sluice_cli perf produce --topic w2 --create $(w2_args) --acks all || true
   rate=$(w3_rate "$dir" sluice)
@@ -146,7 +153,9 @@ run_sluice() {
     # shellcheck disable=SC2046
     measure "$dir/sluice-w3.json" sluice_cli perf end-to-end --topic w3 --create --partitions "$PARTITIONS" \
       --record-size 1024 --rate "$rate" --linger-ms 0 --duration "$DURATION" $(warmup_args) || true
+    drop_topic w3
   fi
+  drop_topic w2
   measure "$dir/sluice-w4-fill.json" sluice_cli perf produce --topic w4 --create --partitions "$PARTITIONS" \
     --record-size 1024 --records "$BACKLOG_RECORDS" --producers "$PRODUCERS" || true
   measure "$dir/sluice-w4.json" sluice_cli perf consume --topic w4 || true
