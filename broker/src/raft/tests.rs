@@ -860,3 +860,55 @@ async fn a_replica_whose_log_lost_committed_entries_still_starts() {
     assert_eq!(w.base_offset, Some(9), "offsets continue from what is left");
     replica.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn appended_entries_are_read_from_memory_until_applied() {
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::{EntryPayload, RaftLogReader};
+    use std::os::unix::fs::FileExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(Log::open(dir.path().join("log"), small_log()).expect("open log"));
+    let meta = Arc::new(MetaStore::open(dir.path().join("raft-meta")).expect("meta"));
+    let recent = Arc::new(RecentEntries::new(Arc::new(EntryBudget::new(1 << 20))));
+    let mut store = LogStore::new(
+        log,
+        meta,
+        recent.clone(),
+        Arc::new(LeaderAcks::default()),
+        Arc::new(StorageFailure::default()),
+        1 << 20,
+    );
+    let batches: Vec<Bytes> = (0..3).map(|i| batch(i, 4)).collect();
+    let entries = batches.iter().enumerate().map(|(i, b)| types::Entry {
+        log_id: types::log_id(1, i as u64),
+        payload: EntryPayload::Normal(types::RecordBatch(b.clone())),
+    });
+    store
+        .append(entries, IOFlushed::noop())
+        .await
+        .expect("append");
+
+    // Damage the first frame's payload on disk (the mapping sees the write).
+    let segment = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("log").join(format!("{:020}.log", 0)))
+        .expect("open segment");
+    segment.write_at(&[0xff; 8], 60).expect("damage");
+
+    let mut reader = store.get_log_reader().await;
+    let held = reader.try_get_log_entries(0..3).await.expect("from memory");
+    let payloads: Vec<Bytes> = held
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(b) => b.0.clone(),
+            other => panic!("unexpected payload {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, batches);
+
+    // Applied entries leave memory: the log serves them, and its CRC check finds the
+    // damage rather than handing it out.
+    recent.release_through(2);
+    assert!(reader.try_get_log_entries(0..3).await.is_err());
+}
