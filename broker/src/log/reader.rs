@@ -254,5 +254,8 @@ mod tests {
         assert_eq!(read_ahead(MIB, 3 * chunk), Some(3 * chunk..4 * chunk));
         assert_eq!(read_ahead(5 * MIB, 5 * MIB), None, "nothing read");
         assert_eq!(read_ahead(usize::MAX - 1, usize::MAX), None, "no overflow");
+        // Entering the last chunk there is: nothing after it to read ahead.
+        let last = usize::MAX / chunk * chunk;
+        assert_eq!(read_ahead(last, usize::MAX), None, "no chunk past the end");
     }
 }

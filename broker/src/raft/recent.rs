@@ -76,19 +76,16 @@ impl EntryBudget {
     }
 }
 
-fn weight(entry: &Entry) -> usize {
-    ENTRY_OVERHEAD
-        + match &entry.payload {
-            EntryPayload::Normal(batch) => batch.0.len(),
-            _ => 0,
-        }
-}
-
 fn payload_len(entry: &Entry) -> usize {
     match &entry.payload {
         EntryPayload::Normal(batch) => batch.0.len(),
         _ => 0,
     }
+}
+
+/// What an entry counts against the budget.
+fn weight(entry: &Entry) -> usize {
+    ENTRY_OVERHEAD + payload_len(entry)
 }
 
 #[derive(Default)]
@@ -163,7 +160,7 @@ impl RecentEntries {
         let skip = usize::try_from(range.start - first).ok()?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for e in held.entries.iter().skip(skip) {
+        for e in held.entries.range(skip..) {
             if e.log_id.index >= range.end {
                 break;
             }
