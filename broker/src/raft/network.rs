@@ -31,7 +31,8 @@ use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{EntryPayload, OptionalSend, RaftNetworkV2, Snapshot};
+use openraft::{OptionalSend, RaftNetworkV2, Snapshot};
+use postcard::ser_flavors::Size;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::raft::raft_client::RaftClient;
@@ -89,17 +90,16 @@ pub enum TransportError {
     LeaderAlive { group_id: u64, leader: NodeId },
 }
 
-/// Encodes a payload: version byte, then postcard.
+/// Encodes a payload: version byte, then postcard. The buffer is sized exactly first
+/// (postcard's `Size` flavor counts without copying), so a large append is not copied
+/// again each time its buffer would grow.
 pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, TransportError> {
-    encode_sized(value, 0)
-}
-
-/// [`encode`] into a buffer sized for about `size_hint` bytes, so that a large
-/// payload is not copied each time the buffer grows.
-pub fn encode_sized<T: Serialize>(value: &T, size_hint: usize) -> Result<Bytes, TransportError> {
-    let mut out = Vec::with_capacity(size_hint + 1);
+    let encode_error = |e: postcard::Error| TransportError::Encode(e.to_string());
+    let len = postcard::serialize_with_flavor::<T, Size, usize>(value, Size::default())
+        .map_err(encode_error)?;
+    let mut out = Vec::with_capacity(1 + len);
     out.push(WIRE_VERSION);
-    let out = postcard::to_extend(value, out).map_err(|e| TransportError::Encode(e.to_string()))?;
+    let out = postcard::to_extend(value, out).map_err(encode_error)?;
     Ok(Bytes::from(out))
 }
 
@@ -120,19 +120,6 @@ pub type AppendEntriesRpc = AppendEntriesRequest<TypeConfig>;
 pub type VoteRpc = (VoteKind, VoteRequest<TypeConfig>);
 /// What an `InstallSnapshot` request carries: the leader's vote and the whole snapshot.
 pub type SnapshotRpc = (Vote, SnapshotMeta, PartitionSnapshot);
-
-/// About the encoded size of `rpc`: its record batches and a little per entry.
-fn append_size_hint(rpc: &AppendEntriesRpc) -> usize {
-    let entries: usize = rpc
-        .entries
-        .iter()
-        .map(|e| match &e.payload {
-            EntryPayload::Normal(batch) => batch.0.len() + 32,
-            _ => 64,
-        })
-        .sum();
-    entries + 128
-}
 
 /// Which vote a `Vote` RPC carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -625,7 +612,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             option.hard_ttl().max(APPEND_WITH_ENTRIES_MIN_TTL)
         };
         let result: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> = async {
-            let payload = encode_sized(&rpc, append_size_hint(&rpc))?;
+            let payload = encode(&rpc)?;
             self.call(Rpc::AppendEntries, payload, ttl).await
         }
         .await
