@@ -128,7 +128,7 @@ warmup_args() { [[ $WARMUP =~ ^0*(\.0*)?$ ]] || echo --warmup "$WARMUP"; }
 w1_args() { echo --partitions "$PARTITIONS" --record-size 1024 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 w2_args() { echo --partitions "$PARTITIONS" --record-size 100 --duration "$DURATION" --producers "$PRODUCERS" $(warmup_args); }
 
-# Deletes a measured workload's topic: at these rates W1 to W3 write about 20 GB, more
+# Deletes a measured workload's topic: at these rates W1 to W3 write about 25 GB, more
 # than a small disk has free. Not right before W3: deleting gigabytes frees their page
 # cache at once, and W3's appends then take fresh pages, which costs latency (a run
 # that deleted W2's topic just before W3 had its e2e p99 go from 16 to 100 ms).
